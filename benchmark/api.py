@@ -1,0 +1,174 @@
+"""Typed objects that plugins and the harness exchange.
+
+A :class:`Backbone` builds a noise-prediction network ``model(x, t) -> eps`` and says which of its
+parts a method may touch. A :class:`Method` turns a :class:`Pruned` state into a new one; methods
+chain (``sparsedm+dipgo``) because each one receives the previous state.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from benchmark.diffusion import Diffusion
+    from benchmark.presets import Preset
+
+
+class BenchmarkError(Exception):
+    """An error caused by the user's input; the CLI prints it as one line and exits with 2."""
+
+
+class PluginContractError(BenchmarkError):
+    """A plugin registered an object that does not satisfy the contract in this module."""
+
+
+class CheckpointMismatchError(BenchmarkError):
+    """A checkpoint does not fit the backbone's architecture (lists missing/unexpected keys)."""
+
+
+@dataclass(frozen=True)
+class NMPattern:
+    """Keep ``n`` of every ``m`` consecutive weights along a layer's input dimension."""
+
+    n: int
+    m: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.n, int) and isinstance(self.m, int)) or not 1 <= self.n < self.m:
+            raise BenchmarkError(f"invalid N:M pattern {self.n}:{self.m}: need integers with 1 <= N < M, e.g. 2:4")
+
+    @classmethod
+    def parse(cls, text: str) -> "NMPattern":
+        parts = str(text).split(":")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise BenchmarkError(f"malformed N:M pattern {text!r}: write it as N:M with integers, e.g. 2:4")
+        return cls(int(parts[0]), int(parts[1]))
+
+    @property
+    def density(self) -> float:
+        return self.n / self.m
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+@dataclass
+class RunOptions:
+    """Options shared by every cell of a run; part of each cell's config hash."""
+
+    pattern: NMPattern = field(default_factory=lambda: NMPattern(2, 4))
+    srste_decay: float = 2e-4
+    sparsedm_weight: float = 0.1
+    dipgo_target: float = 0.5
+    fid_samples: int | None = None  # None: the preset's default
+    train_steps: int | None = None  # None: the preset's default
+    checkpoints: dict[str, str] = field(default_factory=dict)  # backbone name -> dense checkpoint path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pattern": str(self.pattern),
+            "srste_decay": self.srste_decay,
+            "sparsedm_weight": self.sparsedm_weight,
+            "dipgo_target": self.dipgo_target,
+            "fid_samples": self.fid_samples,
+            "train_steps": self.train_steps,
+            "checkpoints": dict(sorted(self.checkpoints.items())),
+        }
+
+
+class Backbone(abc.ABC):
+    """A diffusion network family. Subclasses set the class fields and implement :meth:`build`."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def build(self, preset: "Preset") -> nn.Module:
+        """Return a freshly initialised network for ``preset``: ``model(x, t) -> eps``.
+
+        ``x`` is ``[B, C, H, W]`` in [-1, 1], ``t`` a ``[B]`` long tensor of timesteps in [0, 1000).
+        """
+
+    @abc.abstractmethod
+    def load_checkpoint(self, model: nn.Module, path: str) -> None:
+        """Load official or benchmark weights into ``model`` strictly.
+
+        Raises :class:`CheckpointMismatchError` naming missing and unexpected keys.
+        """
+
+    @abc.abstractmethod
+    def blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The model's skippable blocks in execution order, as ``(qualified name, module)``."""
+
+    def prunable_layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Linear and Conv2d layers a weight-sparsity method may mask, by qualified name.
+
+        The default takes every Linear/Conv2d except those named in :meth:`kept_dense`.
+        """
+        keep = set(self.kept_dense(model))
+        return {
+            name: module
+            for name, module in model.named_modules()
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and name not in keep
+        }
+
+    def kept_dense(self, model: nn.Module) -> list[str]:
+        """Layers that stay dense by design (input stem, output head); none by default."""
+        return []
+
+    def example_inputs(self, preset: "Preset", batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs for MACs counting and latency: ``(x, t)`` for a batch of ``batch`` images."""
+        x = torch.randn(batch, preset.channels, preset.image_size, preset.image_size)
+        return x, torch.full((batch,), 500, dtype=torch.long)
+
+
+@dataclass
+class Pruned:
+    """What a method hands on: the network plus what makes it cheaper.
+
+    ``masks`` maps a prunable layer's qualified name to a bool mask of its weight's shape that
+    the method claims is ``pattern``-sparse (the harness validates the claim). ``schedule`` is a
+    bool ``[sample_steps, n_blocks]`` tensor, True where a block runs and False where it reuses
+    its output cached at the previous sampling step.
+    """
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    pattern: NMPattern | None = None
+    schedule: torch.Tensor | None = None
+    train_steps: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    skipped_layers: dict[str, str] = field(default_factory=dict)  # layer name -> why it stayed dense
+
+
+@dataclass
+class MethodContext:
+    """Everything a method may use; identical for every method of a run (fairness)."""
+
+    backbone: Backbone
+    preset: "Preset"
+    options: RunOptions
+    diffusion: "Diffusion"
+    teacher: nn.Module  # the frozen dense model, in eval mode
+    batches: Callable[[], Iterator[torch.Tensor]]  # a fresh, identically ordered stream of x0 batches
+    train_steps: int  # optimizer steps every weight-training method gets
+    seed: int
+    device: torch.device
+    progress: bool = True
+
+
+class Method(abc.ABC):
+    """A pruning method. Subclasses set the class fields and implement :meth:`apply`."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
+        """Prune ``state`` (the dense model, or the previous method's output) and return the result."""

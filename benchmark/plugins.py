@@ -1,0 +1,62 @@
+"""The plugin manager: built-in plugins and entry-point plugins go through the same hooks."""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+import pluggy
+
+from benchmark import PROJECT, hookspecs
+from benchmark.api import Backbone, Method
+from benchmark.registry import Registry
+
+DEFAULT_PLUGINS = (
+    "backbones.uvit",
+    "backbones.ddpm_unet",
+    "methods.dense",
+    "methods.asp",
+    "methods.ste",
+    "methods.progressive",
+    "methods.sparsedm",
+    "methods.dipgo",
+    "methods.uniform_skip",
+)
+ENTRY_POINT_GROUP = PROJECT
+DISABLE_AUTOLOAD_ENV = "DIFFPRUNE_BENCH_DISABLE_PLUGIN_AUTOLOAD"
+
+
+def get_plugin_manager(load_entrypoints: bool | None = None) -> pluggy.PluginManager:
+    """A manager with the hookspecs, the built-in plugins and (unless disabled) entry-point plugins."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    if load_entrypoints is None:
+        load_entrypoints = not os.environ.get(DISABLE_AUTOLOAD_ENV)
+    if load_entrypoints:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    pm.check_pending()
+    return pm
+
+
+@dataclass
+class Registries:
+    methods: Registry[Method]
+    backbones: Registry[Backbone]
+    versions: dict[str, str]  # plugin name -> distribution version ("builtin" for built-ins)
+
+
+def build_registries(pm: pluggy.PluginManager | None = None) -> Registries:
+    """Call every plugin's ``register_*`` hooks, recording which plugin registered what."""
+    pm = pm or get_plugin_manager()
+    methods: Registry[Method] = Registry("method", Method)
+    backbones: Registry[Backbone] = Registry("backbone", Backbone)
+    dist_versions = {pm.get_name(plugin): dist.version for plugin, dist in pm.list_plugin_distinfo()}
+    versions: dict[str, str] = {}
+    for hook_name, registry in (("register_backbones", backbones), ("register_methods", methods)):
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():  # in registration order
+            source = impl.plugin_name
+            versions[source] = dist_versions.get(source, "builtin")
+            impl.function(register=lambda obj, _r=registry, _s=source: _r.add(obj, _s))
+    return Registries(methods, backbones, versions)
