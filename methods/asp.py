@@ -1,0 +1,31 @@
+"""NVIDIA ASP recipe: one-shot magnitude N:M mask from the dense weights, then fine-tune with it fixed."""
+from benchmark import hookimpl
+from benchmark.api import Method, MethodContext, Pruned
+from benchmark.sparsity import attach, finalize
+from benchmark.training import train
+
+
+class ASP(Method):
+    name = "asp"
+    version = "1"
+    description = "one-shot magnitude N:M mask along input channels, fine-tuned with the mask fixed"
+
+    def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
+        model = state.model
+        pattern = ctx.options.pattern
+        skipped = attach(model, ctx.backbone.prunable_layers(model), pattern, mode="fixed")
+        losses = train(model, ctx, ctx.train_steps, desc=self.name)
+        return Pruned(
+            model,
+            finalize(model),
+            pattern=pattern,
+            schedule=state.schedule,
+            train_steps=state.train_steps + ctx.train_steps,
+            skipped_layers=skipped,
+            info={"mask": "fixed", "final_loss": losses[-1] if losses else None},
+        )
+
+
+@hookimpl
+def register_methods(register):
+    register(ASP())

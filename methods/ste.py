@@ -1,0 +1,32 @@
+"""STE / SR-STE sparse fine-tuning: the N:M mask is recomputed from the dense weights every step."""
+from benchmark import hookimpl
+from benchmark.api import Method, MethodContext, Pruned
+from benchmark.sparsity import attach, finalize
+from benchmark.training import train
+
+
+class STE(Method):
+    name = "ste"
+    version = "1"
+    description = "dynamic N:M mask with straight-through gradients and SR-STE decay (options.srste_decay)"
+
+    def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
+        model = state.model
+        pattern = ctx.options.pattern
+        decay = ctx.options.srste_decay
+        skipped = attach(model, ctx.backbone.prunable_layers(model), pattern, mode="ste", decay=decay)
+        losses = train(model, ctx, ctx.train_steps, desc=self.name)
+        return Pruned(
+            model,
+            finalize(model),
+            pattern=pattern,
+            schedule=state.schedule,
+            train_steps=state.train_steps + ctx.train_steps,
+            skipped_layers=skipped,
+            info={"mask": "dynamic", "srste_decay": decay, "final_loss": losses[-1] if losses else None},
+        )
+
+
+@hookimpl
+def register_methods(register):
+    register(STE())
