@@ -1,0 +1,1 @@
+"""What the harness measures on every cell: FID (:mod:`.fid`), MACs (:mod:`.macs`) and latency (:mod:`.latency`)."""

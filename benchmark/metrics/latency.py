@@ -1,0 +1,341 @@
+"""Measured time per network evaluation: dense on any device, 2:4 semi-structured sparse on CUDA.
+
+PyTorch's 2:4 kernels (cuSPARSELt, or CUTLASS on sm8x) need compute capability 8.0+, fp16/bf16
+weights and cover ``nn.Linear`` only: masked Conv2d layers run dense. Speedups are small and depend
+on shape (small batches are often slower), so reports give several batch sizes and every layer.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.sparse import (
+    SparseSemiStructuredTensor,
+    SparseSemiStructuredTensorCUSPARSELT,
+    SparseSemiStructuredTensorCUTLASS,
+    to_sparse_semi_structured,
+)
+
+from benchmark.api import Backbone, NMPattern
+from benchmark.presets import Preset, get_preset
+
+NA_CUDA = "n/a (needs CUDA sm80+)"
+SPARSE_DTYPE = torch.float16
+TOLERANCE = 1e-2  # rtol and atol between the 2:4 and the dense fp16 outputs
+
+Inputs = tuple[torch.Tensor, ...]
+
+
+def time_fn(fn: Callable[[], object], device: str | torch.device, warmup: int = 5, repeat: int = 30) -> float:
+    """Median wall time of ``fn()`` in milliseconds (CUDA events on a CUDA device)."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(repeat):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(repeat):
+            start_s = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start_s) * 1e3)
+    return statistics.median(times)
+
+
+def dense_latency_ms(
+    model: nn.Module, inputs: Sequence[torch.Tensor], device: str | torch.device, warmup: int = 5, repeat: int = 30
+) -> float:
+    """Milliseconds per network evaluation ``model(*inputs)`` on ``device`` (moves ``model`` there)."""
+    model.to(device)
+    inputs = tuple(x.to(device) for x in inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return time_fn(lambda: model(*inputs), device, warmup, repeat)
+    finally:
+        model.train(was_training)
+
+
+def semi_structured_supported(device: str | torch.device = "cuda") -> tuple[bool, str]:
+    """Whether 2:4 kernels run on ``device``; the reason is :data:`NA_CUDA` when they don't."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False, NA_CUDA
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return False, NA_CUDA
+    return True, f"{torch.cuda.get_device_name(device)} (sm{major}{minor})"
+
+
+def _backend() -> type[SparseSemiStructuredTensor]:
+    """cuSPARSELt where PyTorch has it (the only backend for sm90); CUTLASS (sm8x only) otherwise."""
+    if torch.backends.cusparselt.is_available():
+        return SparseSemiStructuredTensorCUSPARSELT
+    return SparseSemiStructuredTensorCUTLASS
+
+
+@dataclass
+class SemiStructuredConversion:
+    backend: str
+    converted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it stays dense
+
+
+def _skip_reason(layer: nn.Module, backend: type[SparseSemiStructuredTensor]) -> str | None:
+    if not isinstance(layer, nn.Linear):
+        return f"{type(layer).__name__}: PyTorch's 2:4 kernels cover nn.Linear only"
+    if parametrize.is_parametrized(layer):
+        return "weight is parametrized; bake the parametrization first"
+    weight = layer.weight
+    if not weight.is_cuda or weight.dtype not in (torch.float16, torch.bfloat16):
+        return f"weight is {weight.dtype} on {weight.device}; 2:4 kernels need float16/bfloat16 on CUDA"
+    limits = backend._DTYPE_SHAPE_CONSTRAINTS[weight.dtype]
+    rows, cols = weight.shape
+    if rows % limits.sparse_min_rows or cols % limits.sparse_min_cols:
+        return f"shape {rows}x{cols} is not a multiple of {limits.sparse_min_rows}x{limits.sparse_min_cols}"
+    dense_groups = int(((weight.reshape(-1, 4) != 0).sum(dim=1) > 2).sum())
+    if dense_groups:
+        return f"not 2:4 sparse: {dense_groups} groups of 4 have more than 2 nonzeros"
+    return None
+
+
+def to_semi_structured(model: nn.Module, layer_names: Sequence[str]) -> SemiStructuredConversion:
+    """Replace, in place, the weight of each named 2:4-sparse ``nn.Linear`` by a semi-structured tensor.
+
+    ``model`` must already be on a CUDA device in fp16 or bf16. Layers that cannot be converted
+    (Conv2d, unsupported shapes, weights that are not 2:4) stay dense; the result says why.
+    """
+    backend = _backend()
+    modules = dict(model.named_modules())
+    conversion = SemiStructuredConversion(backend=backend.BACKEND)
+    forced = SparseSemiStructuredTensor._FORCE_CUTLASS
+    SparseSemiStructuredTensor._FORCE_CUTLASS = backend is SparseSemiStructuredTensorCUTLASS
+    try:
+        for name in layer_names:
+            if name not in modules:
+                raise ValueError(f"model has no layer {name!r}")
+            reason = _skip_reason(modules[name], backend)
+            if reason:
+                conversion.skipped[name] = reason
+                continue
+            weight = modules[name].weight.detach().contiguous()
+            modules[name].weight = nn.Parameter(to_sparse_semi_structured(weight), requires_grad=False)
+            conversion.converted.append(name)
+    finally:
+        SparseSemiStructuredTensor._FORCE_CUTLASS = forced
+    return conversion
+
+
+def _masked_fp16_copy(model: nn.Module, masks: Mapping[str, torch.Tensor], device: torch.device) -> nn.Module:
+    """A copy of ``model`` in fp16 on ``device`` with ``masks`` applied to the weights."""
+    parametrized = [name for name, module in model.named_modules() if parametrize.is_parametrized(module)]
+    if parametrized:
+        # Baking them on a deep copy is no way out: the copy shares the parametrized class with
+        # the original, and removing a parametrization deletes the class's property for both.
+        raise ValueError(f"bake the weight parametrizations first (layers {', '.join(parametrized)})")
+    masked = copy.deepcopy(model).to(device=device, dtype=SPARSE_DTYPE).eval()
+    modules = dict(masked.named_modules())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            modules[name].weight.mul_(mask.to(device))
+    return masked
+
+
+def _tokens_per_layer(model: nn.Module, layer_names: Sequence[str], inputs: Inputs) -> dict[str, int]:
+    """Rows each named Linear multiplies in one ``model(*inputs)`` (batch x tokens), summed over its calls."""
+    modules = dict(model.named_modules())
+    tokens = dict.fromkeys(layer_names, 0)
+
+    def recorder(name: str):
+        def record(module: nn.Module, args: tuple) -> None:
+            tokens[name] += args[0].numel() // module.in_features
+
+        return record
+
+    handles = [modules[name].register_forward_pre_hook(recorder(name)) for name in layer_names]
+    try:
+        model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return tokens
+
+
+def _layer_timing(name: str, dense: nn.Linear, sparse: nn.Linear, tokens: int, device: torch.device) -> dict:
+    """``F.linear`` with a random fp16 input of the layer's real row count, dense vs 2:4 weight."""
+    x = torch.randn(tokens, dense.in_features, dtype=SPARSE_DTYPE, device=device)
+    dense_ms = time_fn(lambda: F.linear(x, dense.weight, dense.bias), device)
+    sparse_ms = time_fn(lambda: F.linear(x, sparse.weight, sparse.bias), device)
+    return {
+        "layer": name,
+        "shape": list(dense.weight.shape),
+        "tokens": tokens,
+        "dense_ms": dense_ms,
+        "sparse_ms": sparse_ms,
+        "speedup": dense_ms / sparse_ms,
+    }
+
+
+def sparse_latency_report(
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    inputs_fn: Callable[[int], Sequence[torch.Tensor]],
+    batch_sizes: Sequence[int],
+    device: str | torch.device = "cuda",
+) -> dict[str, Any]:
+    """Dense fp16 vs 2:4 fp16 time per network evaluation of ``model`` with ``masks`` applied.
+
+    For each batch size: end-to-end milliseconds of both, their outputs compared with
+    ``torch.testing.assert_close`` (a mismatch raises), and per-layer timings of every converted
+    Linear. Both run under fp16 autocast, so they differ only in the Linear kernels. Without a
+    CUDA sm80+ device the result is ``{"supported": False, "reason": NA_CUDA}``.
+    """
+    supported, reason = semi_structured_supported(device)
+    if not supported:
+        return {"supported": False, "reason": reason}
+    device = torch.device(device)
+    dense = _masked_fp16_copy(model, masks, device)
+    sparse = copy.deepcopy(dense)
+    conversion = to_semi_structured(sparse, list(masks))
+    dense_modules, sparse_modules = dict(dense.named_modules()), dict(sparse.named_modules())
+    batches = []
+    for batch in batch_sizes:
+        inputs = tuple(
+            x.to(device, SPARSE_DTYPE) if x.is_floating_point() else x.to(device) for x in inputs_fn(batch)
+        )
+        with torch.inference_mode(), torch.autocast("cuda", dtype=SPARSE_DTYPE):
+            tokens = _tokens_per_layer(dense, conversion.converted, inputs)
+            torch.testing.assert_close(
+                sparse(*inputs),
+                dense(*inputs),
+                rtol=TOLERANCE,
+                atol=TOLERANCE,
+                msg=lambda detail, b=batch: f"2:4 output differs from the dense fp16 output at batch {b}: {detail}",
+            )
+            dense_ms = time_fn(lambda: dense(*inputs), device)
+            sparse_ms = time_fn(lambda: sparse(*inputs), device)
+            layers = [
+                _layer_timing(name, dense_modules[name], sparse_modules[name], tokens[name], device)
+                for name in conversion.converted
+            ]
+        timings = {"dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms}
+        batches.append({"batch": batch, **timings, "layers": layers})
+    return {
+        "supported": True,
+        "device": reason,
+        "dtype": str(SPARSE_DTYPE).removeprefix("torch."),
+        "backend": conversion.backend,
+        "converted": conversion.converted,
+        "skipped": conversion.skipped,
+        "batches": batches,
+    }
+
+
+def environment(device: str | torch.device) -> dict[str, Any]:
+    """Device and library versions that a latency number depends on."""
+    device = torch.device(device)
+    on_cuda = device.type == "cuda" and torch.cuda.is_available()
+    cusparselt = getattr(torch.backends, "cusparselt", None)
+    return {
+        "device_name": torch.cuda.get_device_name(device) if on_cuda else "cpu",
+        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(device))) if on_cuda else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cusparselt": cusparselt.version() if cusparselt is not None and cusparselt.is_available() else None,
+    }
+
+
+def _nm_masks(backbone: Backbone, model: nn.Module, pattern: NMPattern) -> dict[str, torch.Tensor]:
+    """Magnitude N:M masks for the backbone's prunable Linear layers that can take ``pattern``."""
+    from benchmark.sparsity import nm_mask, skip_reason
+
+    return {
+        name: nm_mask(layer.weight, pattern)
+        for name, layer in backbone.prunable_layers(model).items()
+        if isinstance(layer, nn.Linear) and skip_reason(layer.weight, pattern) is None
+    }
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """The report as a table: one row per batch size, with a per-layer speedup summary."""
+    if not report["supported"]:
+        return f"2:4 latency: {report['reason']}"
+    rows = []
+    for entry in report["batches"]:
+        speedups = [layer["speedup"] for layer in entry["layers"]]
+        per_layer = (
+            f"median {statistics.median(speedups):.2f}x ({min(speedups):.2f}-{max(speedups):.2f}x)" if speedups else "-"
+        )
+        rows.append([entry["batch"], entry["dense_ms"], entry["sparse_ms"], f"{entry['speedup']:.2f}x", per_layer])
+    table = tabulate(
+        rows, headers=["batch", "dense ms", "2:4 ms", "speedup", "per-layer speedup"], floatfmt=".3f"
+    )
+    converted, skipped = len(report["converted"]), len(report["skipped"])
+    return (
+        f"{report['device']}, {report['dtype']}, {report['backend']}: "
+        f"{converted} Linear layers at 2:4, {skipped} masked layers left dense\n{table}"
+    )
+
+
+def latency_command(
+    backbone: Backbone | str,
+    preset: Preset | str,
+    batch_sizes: Sequence[int] | None = None,
+    device: str | torch.device = "cuda",
+    out_json: str | Path | None = None,
+    pattern: NMPattern | str = "2:4",
+) -> dict[str, Any]:
+    """``python -m benchmark latency``: 2:4 vs dense latency of a freshly built, magnitude-masked backbone.
+
+    Prints a table (or the n/a line without CUDA sm80+), writes the report with the environment
+    to ``out_json`` if given, and returns it. Batch sizes default to 1, 16 and the preset's.
+    """
+    if isinstance(backbone, str):
+        from benchmark.plugins import build_registries
+
+        backbone = build_registries().backbones.get(backbone)
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    pattern = NMPattern.parse(pattern) if isinstance(pattern, str) else pattern
+    batch_sizes = sorted(set(batch_sizes or (1, 16, preset.latency_batch)))
+    result: dict[str, Any] = {
+        "command": shlex.join(sys.argv),
+        "backbone": backbone.name,
+        "preset": preset.name,
+        "pattern": str(pattern),
+        **environment(device),
+    }
+    if semi_structured_supported(device)[0]:
+        model = backbone.build(preset)
+        masks = _nm_masks(backbone, model, pattern)
+        inputs_fn = functools.partial(backbone.example_inputs, preset)
+        result.update(sparse_latency_report(model, masks, inputs_fn, batch_sizes, device))
+    else:
+        result.update(supported=False, reason=NA_CUDA)
+    print(format_report(result))
+    if out_json is not None:
+        out_json = Path(out_json)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
