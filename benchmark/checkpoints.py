@@ -1,6 +1,7 @@
 """Dense starting checkpoints: a given file, a shipped one, a cached one, or one trained on the spot."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -88,7 +89,7 @@ def train_dense(
     images = load_dataset(preset.dataset)
     ctx = MethodContext(
         backbone=backbone,
-        preset=preset,
+        preset=dataclasses.replace(preset, lr=preset.dense_lr),
         options=RunOptions(),
         diffusion=Diffusion.for_preset(preset),
         teacher=model,

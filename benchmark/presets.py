@@ -16,6 +16,7 @@ class Preset:
     lr: float  # AdamW learning rate, the same for every method
     train_steps: int  # optimizer steps each weight-training method gets
     dense_train_steps: int  # steps `train-dense` uses when no checkpoint is given
+    dense_lr: float  # learning rate of `train-dense` (training from scratch wants more than fine-tuning)
     sample_steps: int  # DDIM steps per generated image
     fid_samples: int  # generated (and reference) images per FID
     sample_batch: int  # images per sampling batch
@@ -37,7 +38,8 @@ PRESETS: dict[str, Preset] = {
             batch_size=64,
             lr=2e-4,
             train_steps=300,
-            dense_train_steps=6000,
+            dense_train_steps=9_000,
+            dense_lr=1e-3,
             sample_steps=20,
             fid_samples=256,
             sample_batch=128,
@@ -53,6 +55,7 @@ PRESETS: dict[str, Preset] = {
             lr=2e-4,
             train_steps=100_000,
             dense_train_steps=500_000,
+            dense_lr=2e-4,
             sample_steps=100,
             fid_samples=10_000,
             sample_batch=500,
