@@ -10,9 +10,6 @@ step k.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,11 +17,8 @@ from torch import nn
 from benchmark import hookimpl
 from benchmark.api import Method, MethodContext, Pruned
 from benchmark.sparsity import attach, finalize, set_pattern
-from benchmark.training import ExtraLoss, train
+from benchmark.training import ExtraLoss, TrainingStream, train
 from methods.progressive import ladder, stage_boundaries
-
-if TYPE_CHECKING:
-    from benchmark.diffusion import Diffusion
 
 
 def teacher_term(teacher: nn.Module, weight: float) -> ExtraLoss:
@@ -36,30 +30,6 @@ def teacher_term(teacher: nn.Module, weight: float) -> ExtraLoss:
         return weight * F.mse_loss(pred, target)
 
     return extra_loss
-
-
-class _SharedNoise:
-    """A :class:`~benchmark.diffusion.Diffusion` that draws training noise from one generator.
-
-    ``train`` seeds a new generator with ``ctx.seed`` on every call; drawing from one generator
-    seeded the same way instead makes successive calls continue the stream of a single call.
-    """
-
-    def __init__(self, diffusion: Diffusion, seed: int):
-        self.diffusion = diffusion
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def training_inputs(self, x0: torch.Tensor, generator: torch.Generator):
-        return self.diffusion.training_inputs(x0, self.generator)
-
-    def __getattr__(self, name: str):
-        return getattr(self.diffusion, name)
-
-
-def _continuous(ctx: MethodContext) -> MethodContext:
-    """A context whose successive ``train`` calls see the batches and noise of one long call."""
-    batches = ctx.batches()
-    return dataclasses.replace(ctx, batches=lambda: batches, diffusion=_SharedNoise(ctx.diffusion, ctx.seed))
 
 
 class SparseDM(Method):
@@ -74,13 +44,15 @@ class SparseDM(Method):
         skipped = attach(model, ctx.backbone.prunable_layers(model), pattern, mode="ste", decay=decay)
         extra_loss = teacher_term(ctx.teacher, ctx.options.sparsedm_weight)
         stages = ladder(pattern)
-        stream = _continuous(ctx)
+        stream = TrainingStream.start(ctx)
         stage_info = []
         for (start, end), stage in zip(stage_boundaries(ctx.train_steps, len(stages)), stages):
             dense_now = set_pattern(model, stage, fixed=False)
             losses = []
             if end > start:
-                losses = train(model, stream, end - start, extra_loss=extra_loss, desc=f"{self.name} {stage}")
+                losses = train(
+                    model, ctx, end - start, extra_loss=extra_loss, desc=f"{self.name} {stage}", stream=stream
+                )
             stage_info.append(
                 {
                     "pattern": str(stage),
