@@ -1,0 +1,90 @@
+from dataclasses import replace
+
+import pytest
+import torch
+from test_skipping import BLOCK_NAMES, IMAGE, STEPS, TinyBackbone
+
+from benchmark.api import MethodContext, NMPattern, Pruned, RunOptions
+from benchmark.diffusion import Diffusion
+from benchmark.metrics.macs import count_macs, trajectory_macs
+from benchmark.presets import get_preset
+from methods.dipgo import DiPGO, PrunerNet, straight_through, threshold_schedule
+from methods.uniform_skip import UniformSkip, rings_from_centre
+
+PRESET = replace(get_preset("tiny"), name="test", image_size=IMAGE[1], channels=IMAGE[0], sample_steps=STEPS)
+
+
+def make_context(target: float = 0.5) -> MethodContext:
+    backbone = TinyBackbone()
+    teacher = backbone.build(PRESET).eval()
+    return MethodContext(
+        backbone=backbone, preset=PRESET, options=RunOptions(dipgo_target=target),
+        diffusion=Diffusion.for_preset(PRESET), teacher=teacher, batches=lambda: iter(()),
+        train_steps=1, seed=0, device=torch.device("cpu"), progress=False,
+    )
+
+
+def schedule_ratio(ctx: MethodContext, schedule: torch.Tensor) -> float:
+    """The trajectory MACs ratio as the metrics module computes it."""
+    report = count_macs(ctx.teacher, ctx.backbone.example_inputs(PRESET))
+    return trajectory_macs(report, BLOCK_NAMES, schedule) / report.total
+
+
+def test_pruner_starts_with_every_block_kept():
+    keep_prob = PrunerNet(STEPS, 5)()
+    assert keep_prob.shape == (STEPS - 1, 5)
+    assert bool((keep_prob > 0.5).all())
+
+
+def test_straight_through_is_hard_forward_and_soft_backward():
+    prob = torch.tensor([0.2, 0.7], requires_grad=True)
+    gate = straight_through(prob)
+    (gate * torch.tensor([3.0, 5.0])).sum().backward()
+    assert gate.tolist() == [0.0, 1.0]
+    assert prob.grad.tolist() == [3.0, 5.0]
+
+
+def test_threshold_prunes_the_least_needed_pairs_first():
+    keep_prob = torch.tensor([[0.9, 0.1], [0.3, 0.8]])
+    block_macs = torch.tensor([50.0, 50.0])  # total 100: each pruned pair saves 50 / 300 of the trajectory
+    schedule, tau = threshold_schedule(keep_prob, block_macs, 100.0, target=0.7)
+    assert schedule.tolist() == [[True, True], [True, False], [False, True]]
+    assert tau == pytest.approx(0.3)
+
+
+def test_dipgo_meets_the_macs_target_and_keeps_the_masks():
+    ctx = make_context(target=0.5)
+    model = ctx.backbone.build(PRESET)
+    model.load_state_dict(ctx.teacher.state_dict())
+    masks = {"head": torch.ones(1, 8, 3, 3, dtype=torch.bool)}
+    state = Pruned(model=model, masks=masks, pattern=NMPattern(2, 4), train_steps=7, info={"from": "sparsedm"})
+    result = DiPGO().apply(ctx, state)
+    sparsity = result.info["loss_history"]["sparsity"]
+    assert sparsity[-1] < sparsity[0]
+    assert result.schedule.shape == (STEPS, 5) and bool(result.schedule[0].all())
+    assert abs(result.info["kept_macs_ratio"] - 0.5) <= 0.05
+    assert result.info["kept_macs_ratio"] == pytest.approx(schedule_ratio(ctx, result.schedule), rel=1e-5)
+    assert result.info["schedule"] == result.schedule.tolist()
+    assert result.model is model and result.masks is masks and result.pattern == NMPattern(2, 4)
+    assert result.train_steps == 7 and result.info["from"] == "sparsedm"
+    assert all(p.requires_grad for p in model.parameters())
+    assert all("forward" not in block.__dict__ for _, block in ctx.backbone.blocks(model))
+
+
+def test_rings_go_from_the_middle_of_the_u_outward():
+    assert rings_from_centre(5) == [[2], [1, 3], [0, 4]]
+    assert rings_from_centre(4) == [[1, 2], [0, 3]]
+
+
+def test_uniform_skip_skips_deepest_blocks_on_odd_steps_near_target():
+    ctx = make_context(target=0.5)
+    result = UniformSkip().apply(ctx, Pruned(model=ctx.teacher))
+    schedule = result.schedule
+    assert bool(schedule[0::2].all())
+    assert not bool(schedule[1::2].any())  # the tiny net needs every block skipped to approach 0.5
+    assert abs(result.info["kept_macs_ratio"] - 0.5) <= 0.05
+    assert result.info["kept_macs_ratio"] == pytest.approx(schedule_ratio(ctx, schedule), rel=1e-5)
+
+    mid_only = UniformSkip().apply(make_context(target=0.9), Pruned(model=ctx.teacher))
+    assert mid_only.info["skipped_blocks"] == ["mid_block"]
+    assert mid_only.schedule[1::2].sum(dim=1).tolist() == [4] * (STEPS // 2)
