@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pluggy
 
 from benchmark import PROJECT, hookspecs
-from benchmark.api import Backbone, Method
+from benchmark.api import Backbone, Method, PluginContractError
 from benchmark.registry import Registry
 
 DEFAULT_PLUGINS = (
@@ -36,7 +36,10 @@ def get_plugin_manager(load_entrypoints: bool | None = None) -> pluggy.PluginMan
         load_entrypoints = not os.environ.get(DISABLE_AUTOLOAD_ENV)
     if load_entrypoints:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    pm.check_pending()
+    try:
+        pm.check_pending()  # a misspelled hook name fails loudly instead of being ignored
+    except pluggy.PluginValidationError as e:
+        raise PluginContractError(f"plugin {pm.get_name(e.plugin)!r}: {e}") from None
     return pm
 
 

@@ -1,0 +1,261 @@
+"""The command line: ``python -m benchmark {list,run,leaderboard,train-dense,latency}``.
+
+Mistakes in the input (unknown names, malformed values, unwritable paths, missing CUDA) end with one
+``error: ...`` line on stderr and exit code 2; a run in which some cell failed exits with 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from benchmark.api import BenchmarkError, NMPattern, RunOptions
+from benchmark.presets import PRESETS, get_preset
+
+USER_ERROR = 2
+CELL_FAILED = 1
+INTERRUPTED = 130
+EXAMPLES = """\
+examples:
+  python -m benchmark list
+  python -m benchmark run --methods all --backbones all --preset tiny
+  python -m benchmark run --methods dense,asp,sparsedm+dipgo --backbones uvit --out runs/mine --quiet
+  python -m benchmark leaderboard runs/tiny --format csv
+  python -m benchmark train-dense --backbone ddpm --preset tiny --steps 6000
+  python -m benchmark latency --backbone uvit --preset cifar10 --device cuda --batch-sizes 1,16,64,128
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors print one line, like every other input error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(USER_ERROR, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    value = _number(text, int)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _number(text, float)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
+    return value
+
+
+def batch_sizes(text: str) -> list[int]:
+    return [positive_int(part.strip()) for part in text.split(",")]
+
+
+def _number(text: str, kind: type) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m benchmark",
+        description="Benchmark pruning methods for diffusion models on equal terms: FID, MACs and latency.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help, description=help, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+
+    command("list", "list the registered methods and backbones").set_defaults(handler=list_command)
+
+    run = command("run", "prune, train and measure every (backbone, method) cell; resumes finished cells")
+    run.add_argument("--methods", default="all", metavar="LIST",
+                     help="'all' or a comma list; 'a+b' chains methods (default: all)")
+    run.add_argument("--backbones", default="all", metavar="LIST", help="'all' or a comma list (default: all)")
+    run.add_argument("--preset", default="tiny", choices=list(PRESETS), help="budget preset (default: tiny)")
+    run.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<preset>)")
+    run.add_argument("--seed", type=seed_int, default=0, metavar="N",
+                     help="seed for data order, noise and sampling (default: 0)")
+    run.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
+    run.add_argument("--pattern", default="2:4", metavar="N:M", help="N:M sparsity pattern (default: 2:4)")
+    run.add_argument("--srste-decay", type=non_negative_float, default=RunOptions.srste_decay, metavar="X",
+                     help=f"SR-STE decay on pruned weights (default: {RunOptions.srste_decay})")
+    run.add_argument("--sparsedm-weight", type=non_negative_float, default=RunOptions.sparsedm_weight, metavar="X",
+                     help=f"weight of SparseDM's teacher loss (default: {RunOptions.sparsedm_weight})")
+    run.add_argument("--dipgo-target", type=fraction, default=RunOptions.dipgo_target, metavar="X",
+                     help=f"trajectory MACs ratio block skipping aims for (default: {RunOptions.dipgo_target})")
+    run.add_argument("--fid-samples", type=positive_int, metavar="N", help="images per FID (default: the preset's)")
+    run.add_argument("--train-steps", type=positive_int, metavar="N",
+                     help="training steps per method (default: the preset's)")
+    run.add_argument("--checkpoint", action="append", default=[], metavar="BACKBONE=PATH",
+                     help="dense starting checkpoint for a backbone (repeatable)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
+    run.set_defaults(handler=run_command)
+
+    board = command("leaderboard", "print a run's leaderboard and (re)write leaderboard.{md,csv,json}")
+    board.add_argument("run_dir", type=Path, metavar="DIR")
+    board.add_argument("--format", default="md", choices=["md", "csv", "json"], help="what to print (default: md)")
+    board.set_defaults(handler=leaderboard_command)
+
+    dense = command("train-dense", "train a dense starting checkpoint (by default where `run` looks for it)")
+    dense.add_argument("--backbone", required=True)
+    dense.add_argument("--preset", default="tiny", choices=list(PRESETS), help="default: tiny")
+    dense.add_argument("--steps", type=positive_int, metavar="N",
+                       help="training steps (default: the preset's dense_train_steps)")
+    dense.add_argument("--seed", type=seed_int, default=0, metavar="N", help="default: 0")
+    dense.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+    dense.add_argument("--out", type=Path, metavar="PATH", help="checkpoint path (default: the cache `run` reads)")
+    dense.add_argument("--quiet", action="store_true", help="no progress bar")
+    dense.set_defaults(handler=train_dense_command)
+
+    latency = command("latency", "time a backbone dense and 2:4-sparse at several batch sizes")
+    latency.add_argument("--backbone", required=True)
+    latency.add_argument("--preset", default="tiny", choices=list(PRESETS), help="default: tiny")
+    latency.add_argument("--batch-sizes", type=batch_sizes, default=[1, 16, 64, 128], metavar="LIST",
+                         help="comma list (default: 1,16,64,128)")
+    latency.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="default: cuda")
+    latency.add_argument("--out", type=Path, metavar="FILE", help="also write the table to this file")
+    latency.set_defaults(handler=latency_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except BenchmarkError as e:
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted (a run keeps its finished cells: the same command resumes it)", file=sys.stderr)
+        return INTERRUPTED
+
+
+def list_command(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from benchmark.plugins import build_registries
+
+    registries = build_registries()
+    rows = [
+        (kind, entry.obj.name, entry.obj.version, entry.source, registries.versions.get(entry.source, ""),
+         entry.obj.description)
+        for kind, registry in (("backbone", registries.backbones), ("method", registries.methods))
+        for entry in registry.entries()
+    ]
+    headers = ("kind", "name", "version", "plugin", "plugin version", "description")
+    print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from benchmark.harness import expand_methods, run_grid
+    from benchmark.plugins import build_registries
+
+    registries = build_registries()
+    preset = get_preset(args.preset)
+    methods = expand_methods(registries.methods, args.methods)
+    backbones = registries.backbones.select(args.backbones)
+    options = RunOptions(
+        pattern=NMPattern.parse(args.pattern),
+        srste_decay=args.srste_decay,
+        sparsedm_weight=args.sparsedm_weight,
+        dipgo_target=args.dipgo_target,
+        fid_samples=args.fid_samples,
+        train_steps=args.train_steps,
+        checkpoints=parse_checkpoints(args.checkpoint, registries.backbones.names()),
+    )
+    out_dir = args.out or Path("runs") / preset.name
+    summary = run_grid(
+        registries, methods, backbones, preset, options, args.seed, args.device, out_dir, progress=not args.quiet
+    )
+    print(
+        f"{len(summary.ok)} ok, {len(summary.failed)} failed, {len(summary.skipped)} skipped (already complete); "
+        f"leaderboard: {out_dir / 'leaderboard.md'}"
+    )
+    for backbone, method in summary.failed:
+        print(f"failed: {backbone}/{method} (error and traceback in its cell file)", file=sys.stderr)
+    return CELL_FAILED if summary.failed else 0
+
+
+def parse_checkpoints(specs: list[str], backbones: list[str]) -> dict[str, str]:
+    """``["uvit=path.pt", ...]`` -> ``{"uvit": "path.pt"}``, checking names and that each path exists.
+
+    Whether the file (or diffusers directory) fits the backbone is checked when the run loads it.
+    """
+    checkpoints: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise BenchmarkError(f"malformed --checkpoint {spec!r}: write it as BACKBONE=PATH")
+        if name not in backbones:
+            raise BenchmarkError(f"--checkpoint for unknown backbone {name!r}; available: {', '.join(backbones)}")
+        if not Path(path).expanduser().exists():
+            raise BenchmarkError(f"--checkpoint {name}: no such file or directory {path}")
+        checkpoints[name] = path
+    return checkpoints
+
+
+def leaderboard_command(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard import write_leaderboard
+
+    paths = write_leaderboard(args.run_dir)
+    print(paths[args.format].read_text(encoding="utf-8"), end="")
+    return 0
+
+
+def train_dense_command(args: argparse.Namespace) -> int:
+    from benchmark import checkpoints
+    from benchmark.data import cache_dir
+    from benchmark.harness import resolve_device
+    from benchmark.plugins import build_registries
+
+    backbone = build_registries().backbones.get(args.backbone)
+    preset = get_preset(args.preset)
+    device = resolve_device(args.device) if args.device else None
+    out = args.out or cache_dir() / "dense" / checkpoints.checkpoint_filename(backbone, preset)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchmarkError(f"cannot write the checkpoint to {out}: {e.strerror or e}") from None
+    steps = args.steps or preset.dense_train_steps
+    path = checkpoints.train_dense(backbone, preset, steps, args.seed, out, not args.quiet, device=device)
+    print(path)
+    return 0
+
+
+def latency_command(args: argparse.Namespace) -> int:
+    from benchmark.harness import resolve_device
+    from benchmark.metrics import latency
+    from benchmark.plugins import build_registries
+
+    backbone = build_registries().backbones.get(args.backbone)
+    latency.latency_command(
+        backbone, get_preset(args.preset), args.batch_sizes, resolve_device(args.device), args.out
+    )
+    return 0

@@ -1,0 +1,470 @@
+"""Run the (backbone x method) grid: every cell is pruned, trained and measured under the same budget.
+
+Each backbone also gets its ``dense`` reference cell. A cell that raises is written as ``failed``
+with its traceback and the run goes on; a cell already complete under the same configuration is
+skipped, so an interrupted run resumes where it stopped (Ctrl-C keeps the cells written so far).
+"""
+from __future__ import annotations
+
+import copy
+import platform
+import random
+import statistics
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmark.api import (
+    Backbone,
+    BenchmarkError,
+    Method,
+    MethodContext,
+    NMPattern,
+    PluginContractError,
+    Pruned,
+    RunOptions,
+)
+from benchmark.presets import Preset
+from benchmark.registry import Registry, UnknownNameError
+from benchmark.results import (
+    REFERENCE_METHOD,
+    SCHEMA_VERSION,
+    CellStore,
+    cell_stem,
+    config_hash,
+    environment_versions,
+    now_iso,
+)
+
+if TYPE_CHECKING:
+    from benchmark.diffusion import Diffusion
+    from benchmark.metrics.fid import FIDScorer
+    from benchmark.plugins import Registries
+
+CHAIN_SEPARATOR = "+"
+GRID_IMAGES = 64  # samples shown in samples/{backbone}__{method}.png
+TIMING_ROUNDS = 3  # alternating timings of the two things a speedup compares; the medians are kept
+
+
+@dataclass
+class RunSummary:
+    """The cells of a run by outcome, as ``(backbone, method)`` pairs."""
+
+    ok: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # already complete, not recomputed
+
+
+def split_chain(method: str) -> list[str]:
+    """``"sparsedm+dipgo"`` -> ``["sparsedm", "dipgo"]``; an empty part is an error."""
+    parts = [part.strip() for part in method.split(CHAIN_SEPARATOR)]
+    if not all(parts):
+        raise BenchmarkError(f"malformed method chain {method!r}: write it as a+b with method names")
+    return parts
+
+
+def expand_methods(registry: Registry[Method], spec: str) -> list[str]:
+    """Expand ``--methods``: a comma list of names and ``a+b`` chains; ``all`` is every method, dense first.
+
+    Every part of every chain must be registered; duplicates are dropped, the order is kept.
+    """
+    expanded: list[str] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if item == "all":
+            names = registry.names()
+            candidates = sorted(names, key=lambda name: name != REFERENCE_METHOD)
+        elif item:
+            parts = split_chain(item)
+            for part in parts:
+                registry.entry(part)
+            candidates = [CHAIN_SEPARATOR.join(parts)]
+        else:
+            continue
+        expanded += [name for name in candidates if name not in expanded]
+    if not expanded:
+        raise UnknownNameError(f"no method given; available: {', '.join(registry.names())}")
+    return expanded
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``torch.device(name)``, refusing CUDA when this torch cannot use it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BenchmarkError(f"unknown device {str(name)!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchmarkError(
+            f"device {str(name)!r} requested but CUDA is not available (torch {torch.__version__}); use --device cpu"
+        )
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()})"
+
+
+def compute_fid(samples: torch.Tensor, preset: Preset, scorer: FIDScorer) -> float:
+    """FID of ``samples`` (in [-1, 1]) against as many real images of the preset's dataset (cached stats)."""
+    from benchmark.data import load_dataset
+    from benchmark.metrics import fid
+
+    reference = fid.reference_stats(preset.dataset, len(samples), lambda: load_dataset(preset.dataset), scorer)
+    return fid.frechet_distance(*scorer.stats(samples), *reference)
+
+
+def run_grid(
+    registries: Registries,
+    methods: list[str],
+    backbones: list[str],
+    preset: Preset,
+    options: RunOptions,
+    seed: int,
+    device: str | torch.device,
+    out_dir: str | Path,
+    progress: bool = True,
+) -> RunSummary:
+    """Run every (backbone, method) cell plus each backbone's dense reference; write cells and leaderboard.
+
+    Input errors (unknown names, unwritable ``out_dir``, missing CUDA, an unloadable dense checkpoint)
+    raise :class:`BenchmarkError` before any cell runs.
+    """
+    grid = _Grid(registries, preset, options, seed, resolve_device(device), Path(out_dir), progress)
+    chains = [split_chain(method) for method in methods]
+    for part in (part for chain in chains for part in chain):
+        registries.methods.entry(part)
+    for backbone in backbones:
+        registries.backbones.entry(backbone)
+    grid.store.ensure_writable()
+
+    unique_chains = [[REFERENCE_METHOD]]  # every backbone gets its reference row
+    for chain in chains:
+        if chain not in unique_chains:
+            unique_chains.append(chain)
+    summary = RunSummary()
+    pending = []
+    for backbone in backbones:
+        for chain in unique_chains:
+            method, config = CHAIN_SEPARATOR.join(chain), grid.config(backbone, chain)
+            if grid.store.is_complete(backbone, method, config_hash(config)):
+                summary.skipped.append((backbone, method))
+                grid.say(f"{backbone}/{method}: already complete, skipped")
+            else:
+                pending.append((backbone, chain, config))
+    needed = {backbone for backbone, _, _ in pending}
+    grid.load_dense_models([backbone for backbone in backbones if backbone in needed])
+
+    for index, (backbone, chain, config) in enumerate(pending, 1):
+        label = f"[{index}/{len(pending)}] {backbone}/{CHAIN_SEPARATOR.join(chain)}"
+        grid.say(label)
+        cell = grid.run_cell(backbone, chain, config)
+        (summary.ok if cell["status"] == "ok" else summary.failed).append((backbone, cell["method"]))
+        outcome = f"fid {cell['metrics']['fid']:.2f}" if cell["status"] == "ok" else cell["error"]
+        grid.say(f"{label}: {cell['status']} in {cell['timings']['total']:.1f} s ({outcome})")
+
+    from benchmark import leaderboard, plots
+
+    leaderboard.write_leaderboard(grid.out_dir)
+    plots.pareto_plots(leaderboard.load_cells(grid.out_dir), grid.out_dir)
+    return summary
+
+
+class _Grid:
+    """What the cells of one run share: the settings, the dense models and the FID network."""
+
+    def __init__(
+        self,
+        registries: Registries,
+        preset: Preset,
+        options: RunOptions,
+        seed: int,
+        device: torch.device,
+        out_dir: Path,
+        progress: bool,
+    ):
+        self.registries = registries
+        self.preset = preset
+        self.options = options
+        self.seed = seed
+        self.device = device
+        self.out_dir = out_dir
+        self.progress = progress
+        self.store = CellStore(out_dir)
+        self.dense: dict[str, tuple[nn.Module, float] | BaseException] = {}
+        self._fid_scorer: FIDScorer | None = None
+
+    @property
+    def fid_scorer(self) -> FIDScorer:
+        """One Inception network for the whole run, built when the first cell is scored."""
+        if self._fid_scorer is None:
+            from benchmark.metrics.fid import FIDScorer
+
+            self._fid_scorer = FIDScorer(self.device, progress=self.progress)
+        return self._fid_scorer
+
+    def say(self, line: str) -> None:
+        if self.progress:
+            print(line, file=sys.stderr, flush=True)
+
+    def config(self, backbone: str, chain: list[str]) -> dict[str, Any]:
+        """Everything that changes a cell's numbers; its hash decides whether a stored cell is current."""
+        return {
+            "backbone": backbone,
+            "method": CHAIN_SEPARATOR.join(chain),
+            "preset": self.preset.to_dict(),
+            "options": self.options.to_dict(),
+            "seed": self.seed,
+            "device": str(self.device),
+            "method_versions": {part: self.registries.methods.get(part).version for part in chain},
+            "backbone_version": self.registries.backbones.get(backbone).version,
+        }
+
+    def load_dense_models(self, backbones: list[str]) -> None:
+        """Load (or train) each backbone's dense model before any cell runs.
+
+        A user-given checkpoint that cannot be loaded is an input error; any other failure is kept
+        and fails that backbone's cells.
+        """
+        from benchmark import checkpoints
+
+        for name in backbones:
+            backbone = self.registries.backbones.get(name)
+            start = time.perf_counter()
+            try:
+                model = checkpoints.load_dense(backbone, self.preset, self.options, self.device, self.progress)
+            except (BenchmarkError, KeyboardInterrupt):
+                raise
+            except Exception as e:
+                given = self.options.checkpoints.get(name)
+                if given is not None:
+                    raise BenchmarkError(f"cannot load dense checkpoint {given} for {name!r}: {e}") from e
+                self.dense[name] = e
+            else:
+                self.dense[name] = (model.eval().requires_grad_(False), time.perf_counter() - start)
+
+    def run_cell(self, backbone: str, chain: list[str], config: dict[str, Any]) -> dict[str, Any]:
+        """Compute one cell and write it; any exception but KeyboardInterrupt makes it a failed cell."""
+        cell: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "backbone": backbone,
+            "method": CHAIN_SEPARATOR.join(chain),
+            "status": "failed",
+            "error": None,
+            "traceback": None,
+            "config": config,
+            "config_hash": config_hash(config),
+            "versions": environment_versions(),
+            "device": device_name(self.device),
+            "seed": self.seed,
+            "timings": {},
+            "metrics": {},
+            "info": {},
+            "latency_report": None,
+            "started": now_iso(),
+        }
+        try:
+            self._compute(self.registries.backbones.get(backbone), chain, cell)
+            cell["status"] = "ok"
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - one failing cell must not stop the grid
+            cell["error"] = f"{type(e).__name__}: {e}"
+            cell["traceback"] = "".join(traceback.format_exception(e))
+        cell["timings"]["total"] = sum(cell["timings"].values())
+        cell["finished"] = now_iso()
+        self.store.write(cell)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return cell
+
+    def _compute(self, backbone: Backbone, chain: list[str], cell: dict[str, Any]) -> None:
+        """Fill ``cell``'s timings, metrics and info in place, so a failure keeps what was measured."""
+        from benchmark.diffusion import Diffusion
+
+        timings, metrics, info = cell["timings"], cell["metrics"], cell["info"]
+        loaded = self.dense[backbone.name]
+        if isinstance(loaded, BaseException):
+            raise RuntimeError(f"no dense model for {backbone.name!r}: {loaded}") from loaded
+        dense, timings["load"] = loaded
+        diffusion = Diffusion.for_preset(self.preset)
+
+        with _timed(timings, "prune"):
+            state = self._prune(backbone, dense, diffusion, chain, info)
+            if state.masks or state.pattern is not None:
+                from benchmark.sparsity import validate_nm
+
+                metrics["sparsity"] = validate_nm(state.model, state)
+            else:
+                metrics["sparsity"] = 0.0
+            metrics["train_steps"] = state.train_steps
+        model = state.model.eval()
+        with _timed(timings, "metrics"), torch.no_grad():
+            metrics.update(self._macs(backbone, state))
+            metrics.update(self._latency(backbone, dense, diffusion, state, cell))
+        with _timed(timings, "fid"):
+            metrics.update(self._quality(backbone, cell["method"], model, diffusion, state.schedule))
+
+    def _prune(
+        self, backbone: Backbone, dense: nn.Module, diffusion: Diffusion, chain: list[str], info: dict[str, Any]
+    ) -> Pruned:
+        from benchmark.data import batch_stream, load_dataset
+
+        _seed_everything(self.seed)
+        images = load_dataset(self.preset.dataset)
+        ctx = MethodContext(
+            backbone=backbone,
+            preset=self.preset,
+            options=self.options,
+            diffusion=diffusion,
+            teacher=copy.deepcopy(dense).eval().requires_grad_(False),
+            batches=lambda: batch_stream(images, self.preset.batch_size, self.seed),
+            train_steps=self.options.train_steps or self.preset.train_steps,
+            seed=self.seed,
+            device=self.device,
+            progress=self.progress,
+        )
+        state = Pruned(model=copy.deepcopy(dense).requires_grad_(True))
+        for name in chain:
+            state = self.registries.methods.get(name).apply(ctx, state)
+            if not isinstance(state, Pruned):
+                raise PluginContractError(f"method {name!r} returned {type(state).__name__}, not a Pruned")
+            info[name] = state.info
+        return state
+
+    def _macs(self, backbone: Backbone, state: Pruned) -> dict[str, Any]:
+        """Params and per-sample MACs: dense, and effective (masked layers at N/M, skipped blocks removed)."""
+        from benchmark.metrics import macs
+
+        model = state.model
+        report = macs.count_macs(model, self._inputs(backbone, 1))
+        if state.schedule is not None:
+            block_names = [name for name, _ in backbone.blocks(model)]
+            effective = macs.trajectory_macs(report, block_names, state.schedule, state.masks or None, state.pattern)
+        elif state.masks:
+            effective = macs.sparse_macs(report, state.masks, state.pattern)
+        else:
+            effective = report.total
+        return {"params_m": report.params / 1e6, "macs_g": report.total / 1e9, "sparse_macs_g": effective / 1e9}
+
+    def _latency(
+        self, backbone: Backbone, dense: nn.Module, diffusion: Diffusion, state: Pruned, cell: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Milliseconds per network evaluation of the dense model, and of the pruned one as it can run here.
+
+        A skip schedule is timed by sampling with and without it (per step, same batch); 2:4 masks
+        with PyTorch's semi-structured kernels against the same masked model in dense fp16, where
+        the device has them (the full report goes to ``cell["latency_report"]``), else they are
+        n/a; a model with neither is timed like the dense one. A chain with masks and a schedule
+        reports the schedule's speedup with dense kernels.
+        """
+        from benchmark.metrics import latency
+
+        inputs = self._inputs(backbone, self.preset.latency_batch)
+        if state.schedule is None and not state.masks:
+            dense_ms, pruned_ms = self._paired_latency_ms(dense, state.model, inputs)
+            return _latency_metrics(dense_ms, pruned_ms, dense_ms / pruned_ms)
+        dense_ms = latency.dense_latency_ms(dense, inputs, self.device)
+        if state.schedule is not None:
+            without_ms, with_ms = self._sampling_ms_per_step(backbone, state.model, diffusion, state.schedule)
+            return _latency_metrics(dense_ms, with_ms, without_ms / with_ms)
+        supported, reason = latency.semi_structured_supported(self.device)
+        if not supported or state.pattern != NMPattern(2, 4):
+            not_available = reason if not supported else f"n/a (no {state.pattern} kernels)"
+            return _latency_metrics(dense_ms, not_available, not_available)
+        report = latency.sparse_latency_report(
+            state.model, state.masks, lambda batch: backbone.example_inputs(self.preset, batch),
+            [self.preset.latency_batch], self.device,
+        )  # fmt: skip
+        cell["latency_report"] = report
+        return _latency_metrics(dense_ms, report["batches"][0]["sparse_ms"], report["batches"][0]["speedup"])
+
+    def _paired_latency_ms(
+        self, dense: nn.Module, model: nn.Module, inputs: tuple[torch.Tensor, ...]
+    ) -> tuple[float, float]:
+        """Median time per evaluation of both models, timed in alternation so load changes hit both alike."""
+        from benchmark.metrics.latency import dense_latency_ms
+
+        timings: dict[int, list[float]] = {0: [], 1: []}
+        for _ in range(TIMING_ROUNDS):
+            for index, candidate in enumerate((dense, model)):
+                timings[index].append(dense_latency_ms(candidate, inputs, self.device))
+        return statistics.median(timings[0]), statistics.median(timings[1])
+
+    def _sampling_ms_per_step(
+        self, backbone: Backbone, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor
+    ) -> tuple[float, float]:
+        """Median sampling time per step at the latency batch, without and with the skip schedule."""
+        from benchmark.skipping import scheduled
+
+        batch = self.preset.latency_batch
+
+        def run(use_schedule: bool) -> float:
+            generator = torch.Generator().manual_seed(self.seed)
+            with scheduled(model, backbone.blocks(model), schedule if use_schedule else None) as on_step:
+                _synchronize(self.device)
+                start = time.perf_counter()
+                diffusion.sample(model, batch, batch, generator, on_step)
+                _synchronize(self.device)
+            return (time.perf_counter() - start) * 1e3 / diffusion.sample_steps
+
+        run(False), run(True)  # warm-up
+        timings: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(TIMING_ROUNDS):  # in alternation, so load changes hit both alike
+            for use_schedule in (False, True):
+                timings[use_schedule].append(run(use_schedule))
+        return statistics.median(timings[False]), statistics.median(timings[True])
+
+    def _quality(
+        self, backbone: Backbone, method: str, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor | None
+    ) -> dict[str, Any]:
+        """Sample ``fid_samples`` images with the cell's schedule, save a grid and score FID."""
+        from benchmark import plots
+        from benchmark.skipping import scheduled
+
+        n = self.options.fid_samples or self.preset.fid_samples
+        generator = torch.Generator().manual_seed(self.seed)
+        with scheduled(model, backbone.blocks(model), schedule) as on_step:
+            samples = diffusion.sample(model, n, self.preset.sample_batch, generator, on_step, self.progress)
+        plots.save_grid(samples[:GRID_IMAGES], self.out_dir / "samples" / f"{cell_stem(backbone.name, method)}.png")
+        return {
+            "fid": compute_fid(samples, self.preset, self.fid_scorer),
+            "fid_samples": n,
+            "sample_steps": diffusion.sample_steps,
+            "sampler": "ddim (eta=0)",
+        }
+
+    def _inputs(self, backbone: Backbone, batch: int) -> tuple[torch.Tensor, ...]:
+        return tuple(x.to(self.device) for x in backbone.example_inputs(self.preset, batch))
+
+
+def _latency_metrics(dense_ms: float, sparse_ms: float | str, speedup: float | str) -> dict[str, Any]:
+    return {"latency_ms": dense_ms, "sparse_latency_ms": sparse_ms, "speedup": speedup}
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = time.perf_counter() - start

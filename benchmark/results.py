@@ -1,0 +1,167 @@
+"""One JSON file per (backbone, method) cell, written atomically and keyed by a config hash.
+
+A run directory holds ``cells/{backbone}__{method}.json``. A cell whose file says ``"status": "ok"``
+and whose ``config_hash`` matches the current configuration is complete and is skipped on resume;
+failed, stale and unreadable cells are recomputed.
+
+Cell schema, version 1 (``"schema": 1``)::
+
+    schema       1
+    backbone     backbone name
+    method       method name or chain, e.g. "sparsedm+dipgo"
+    status       "ok" | "failed"
+    error        null, or "ExceptionType: message" for a failed cell
+    traceback    null, or the formatted traceback of a failed cell
+    config       everything that changes a number: preset (dict), options (dict), seed, device,
+                 method_versions ({method: version}), backbone_version
+    config_hash  config_hash(config)
+    versions     python, torch, diffusers, pytorch-fid, torch-pruning, benchmark
+    device       device name, e.g. "cpu" or "NVIDIA H100 80GB HBM3"
+    seed         the run's seed
+    timings      seconds per phase: load (the backbone's dense checkpoint, shared by its cells),
+                 prune, metrics, fid, total (their sum)
+    metrics      fid, fid_samples, params_m, macs_g, sparse_macs_g, latency_ms,
+                 sparse_latency_ms (a number, or text such as "n/a (needs CUDA sm80+)"), speedup
+                 (likewise), sparsity, train_steps, sample_steps, sampler; a failed cell has the ones
+                 measured before it failed
+    info         what each method of the chain reported ({method: Pruned.info})
+    latency_report  null, or the 2:4 kernel timing report (per layer) where one was measured
+    started      ISO 8601 time the cell started
+    finished     ISO 8601 time the cell was written
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmark import __version__
+from benchmark.api import BenchmarkError
+
+SCHEMA_VERSION = 1
+REFERENCE_METHOD = "dense"  # every backbone's reference row
+_VERSIONED_DISTRIBUTIONS = ("torch", "diffusers", "pytorch-fid", "torch-pruning")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """First 16 hex digits of the sha256 of ``config`` as canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def environment_versions() -> dict[str, str]:
+    """Versions of Python and of every library that can change a cell's numbers."""
+    versions = {"python": platform.python_version()}
+    for dist in _VERSIONED_DISTRIBUTIONS:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    versions["benchmark"] = __version__
+    return versions
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def cell_stem(backbone: str, method: str) -> str:
+    """``{backbone}__{method}`` with every character outside ``[A-Za-z0-9.+-]`` percent-encoded.
+
+    ``_`` is encoded too, so the ``__`` separator is unambiguous; ``uvit__sparsedm+dipgo`` stays readable.
+    """
+    return f"{_safe(backbone)}__{_safe(method)}"
+
+
+def _safe(name: str) -> str:
+    return "".join(
+        c if c.isascii() and (c.isalnum() or c in "+-.") else "".join(f"%{b:02X}" for b in c.encode("utf-8"))
+        for c in name
+    )
+
+
+class CellStore:
+    """The ``cells/`` folder of a run directory."""
+
+    def __init__(self, out_dir: str | os.PathLike[str]):
+        self.out_dir = Path(out_dir)
+        self.cells_dir = self.out_dir / "cells"
+
+    def path(self, backbone: str, method: str) -> Path:
+        return self.cells_dir / f"{cell_stem(backbone, method)}.json"
+
+    def ensure_writable(self) -> None:
+        """Create the folder and prove a file can be written there; raise :class:`BenchmarkError` if not."""
+        try:
+            self.cells_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.cells_dir):
+                pass
+        except OSError as e:
+            raise self._unwritable(e) from None
+
+    def _unwritable(self, error: OSError) -> BenchmarkError:
+        return BenchmarkError(f"cannot write results to {self.out_dir}: {error.strerror or error}")
+
+    def write(self, cell: dict[str, Any]) -> Path:
+        """Write ``cell`` so that readers see either the old file or the complete new one."""
+        path = self.path(cell["backbone"], cell["method"])
+        try:
+            self.cells_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.cells_dir, prefix=f".{path.stem}.", suffix=".tmp")
+        except OSError as e:
+            raise self._unwritable(e) from None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(cell, f, indent=2, ensure_ascii=False)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def read(self, backbone: str, method: str) -> dict[str, Any] | None:
+        """The stored cell, or None when there is none or its file is unreadable (then it warns)."""
+        return self._load(self.path(backbone, method))
+
+    def is_complete(self, backbone: str, method: str, config_hash: str) -> bool:
+        """True only for an ``ok`` cell of this schema computed under the same configuration."""
+        cell = self.read(backbone, method)
+        return (
+            cell is not None
+            and cell.get("schema") == SCHEMA_VERSION
+            and cell.get("status") == "ok"
+            and cell.get("config_hash") == config_hash
+        )
+
+    def all_cells(self) -> list[dict[str, Any]]:
+        """Every readable cell, in file-name order."""
+        if not self.cells_dir.is_dir():
+            return []
+        cells = (self._load(p) for p in sorted(self.cells_dir.glob("*.json")))
+        return [c for c in cells if c is not None]
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, Any] | None:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            cell = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            warnings.warn(f"ignoring unreadable result file {path} ({e}); the cell will be recomputed", stacklevel=3)
+            return None
+        if not isinstance(cell, dict) or not {"backbone", "method", "status"} <= cell.keys():
+            warnings.warn(f"ignoring result file {path}: not a result cell; the cell will be recomputed", stacklevel=3)
+            return None
+        return cell

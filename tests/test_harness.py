@@ -1,0 +1,232 @@
+"""The grid runner on a tiny fake backbone with fake (and two real) methods.
+
+To stay fast these tests replace two things: the dense checkpoint is a freshly seeded fake network
+(no dense training), and ``harness.compute_fid`` is a cheap deterministic stand-in (mean pixel
+value of the samples) instead of Inception features. Everything else is the real pipeline:
+training, N:M validation, MACs, latency, sampling, cell files and the leaderboard.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+
+import pytest
+import torch
+from torch import nn
+
+from benchmark import checkpoints, harness
+from benchmark.api import Backbone, BenchmarkError, Method, MethodContext, Pruned, RunOptions
+from benchmark.cli import main
+from benchmark.plugins import Registries
+from benchmark.presets import PRESETS, Preset
+from benchmark.registry import Registry
+from benchmark.metrics.latency import NA_CUDA
+from benchmark.results import CellStore
+from methods.asp import ASP
+from methods.dense import Dense
+from methods.uniform_skip import UniformSkip
+
+UNIT = dataclasses.replace(
+    PRESETS["tiny"], name="unit", batch_size=8, train_steps=2, dense_train_steps=2, sample_steps=4,
+    fid_samples=6, sample_batch=6, latency_batch=2,
+)  # fmt: skip
+
+
+class TinyNet(nn.Module):
+    def __init__(self, channels: int, width: int = 8):
+        super().__init__()
+        self.stem = nn.Conv2d(channels, width, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(width, width, 1), nn.SiLU()) for _ in range(3))
+        self.head = nn.Conv2d(width, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x) + (t.float() / 1000.0).view(-1, 1, 1, 1)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(h)
+
+
+class TinyBackbone(Backbone):
+    name = "tiny-net"
+    version = "1"
+
+    def build(self, preset: Preset) -> nn.Module:
+        return TinyNet(preset.channels)
+
+    def load_checkpoint(self, model: nn.Module, path: str) -> None:
+        model.load_state_dict(torch.load(path))
+
+    def blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
+
+    def kept_dense(self, model: nn.Module) -> list[str]:
+        return ["stem", "head"]
+
+
+CALLS: Counter[str] = Counter()
+
+
+def fake_method(name: str, behaviour):
+    def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
+        CALLS[name] += 1
+        return behaviour(ctx, state)
+
+    return type(f"Fake_{name}", (Method,), {"name": name, "version": "1", "apply": apply})()
+
+
+def explode(ctx, state):
+    raise RuntimeError("kaboom")
+
+
+def nan_loss(ctx, state):
+    from benchmark.training import train
+
+    train(state.model, ctx, 1, extra_loss=lambda *args: torch.tensor(float("nan")))
+    return state
+
+
+def false_mask_claim(ctx, state):
+    from benchmark.api import NMPattern
+
+    blocks = state.model.blocks
+    masks = {f"blocks.{i}.0": torch.ones_like(block[0].weight, dtype=torch.bool) for i, block in enumerate(blocks)}
+    return dataclasses.replace(state, masks=masks, pattern=NMPattern(2, 4))
+
+
+def interrupt(ctx, state):
+    raise KeyboardInterrupt
+
+
+FAKES = {
+    "counting": lambda ctx, state: state,
+    "explode": explode,
+    "nan-loss": nan_loss,
+    "false-mask": false_mask_claim,
+    "interrupt": interrupt,
+}
+
+
+@pytest.fixture
+def registries(monkeypatch):
+    methods: Registry[Method] = Registry("method", Method)
+    for method in (Dense(), ASP(), UniformSkip(), *(fake_method(n, b) for n, b in FAKES.items())):
+        methods.add(method, "tests")
+    backbones: Registry[Backbone] = Registry("backbone", Backbone)
+    backbones.add(TinyBackbone(), "tests")
+
+    def fresh_dense(backbone, preset, options, device, progress=True):
+        torch.manual_seed(1234)
+        return backbone.build(preset).to(device).eval()
+
+    monkeypatch.setattr(checkpoints, "load_dense", fresh_dense)
+    monkeypatch.setattr(harness, "compute_fid", lambda samples, preset, scorer: float(samples.mean().abs()) * 100)
+    CALLS.clear()
+    return Registries(methods, backbones, {"tests": "builtin"})
+
+
+def run(registries, tmp_path, methods, options=None):
+    return harness.run_grid(
+        registries, methods, ["tiny-net"], UNIT, options or RunOptions(), seed=0, device="cpu",
+        out_dir=tmp_path, progress=False,
+    )  # fmt: skip
+
+
+def test_failing_cells_are_recorded_and_the_rest_goes_on(registries, tmp_path):
+    summary = run(registries, tmp_path, ["explode", "counting", "nan-loss", "false-mask", "asp", "uniform-skip"])
+    assert sorted(m for _, m in summary.failed) == ["explode", "false-mask", "nan-loss"]
+    assert [m for _, m in summary.ok] == ["dense", "counting", "asp", "uniform-skip"]  # dense was not requested
+
+    store = CellStore(tmp_path)
+    errors = {"explode": "RuntimeError: kaboom", "nan-loss": "NonFiniteLossError", "false-mask": "MaskValidationError"}
+    for method, error in errors.items():
+        cell = store.read("tiny-net", method)
+        assert cell["status"] == "failed" and cell["error"].startswith(error)
+        assert cell["traceback"].startswith("Traceback") and error.split(":")[0] in cell["traceback"]
+
+    dense, asp, skip = (store.read("tiny-net", m)["metrics"] for m in ("dense", "asp", "uniform-skip"))
+    assert dense["sparsity"] == 0.0 and dense["sparse_macs_g"] == dense["macs_g"] > 0
+    assert isinstance(dense["speedup"], float) and dense["fid_samples"] == UNIT.fid_samples
+    assert asp["sparsity"] == pytest.approx(0.5) and asp["sparse_macs_g"] < asp["macs_g"]
+    assert asp["sparse_latency_ms"] == asp["speedup"] == NA_CUDA
+    assert asp["train_steps"] == UNIT.train_steps
+    assert skip["sparse_macs_g"] < skip["macs_g"] and skip["sparse_latency_ms"] > 0 and skip["speedup"] > 0
+    assert (tmp_path / "samples" / "tiny-net__asp.png").is_file()
+
+    board = json.loads((tmp_path / "leaderboard.json").read_text())["records"]
+    assert [(r["method"], r["status"]) for r in board][0] == ("dense", "ok")
+    assert sum(r["status"] == "failed" for r in board) == 3
+
+
+def test_resume_skips_complete_cells(registries, tmp_path):
+    first = run(registries, tmp_path, ["counting", "explode"])
+    assert CALLS == {"counting": 1, "explode": 1}
+    assert first.skipped == []
+
+    second = run(registries, tmp_path, ["counting", "explode"])
+    assert CALLS == {"counting": 1, "explode": 2}  # only the failed cell ran again
+    assert second.skipped == [("tiny-net", "dense"), ("tiny-net", "counting")]
+
+    run(registries, tmp_path, ["counting"], RunOptions(srste_decay=1e-3))  # stale config hash
+    assert CALLS["counting"] == 2
+
+    path = CellStore(tmp_path).path("tiny-net", "counting")
+    path.write_text(path.read_text()[:50])  # e.g. killed mid-write by an older, non-atomic writer
+    with pytest.warns(UserWarning, match="recomputed"):
+        run(registries, tmp_path, ["counting"], RunOptions(srste_decay=1e-3))
+    assert CALLS["counting"] == 3
+
+
+def test_keyboard_interrupt_stops_the_run(registries, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(registries, tmp_path, ["counting", "interrupt", "explode"])
+    assert CALLS == {"counting": 1, "interrupt": 1}
+    store = CellStore(tmp_path)
+    assert [c["method"] for c in store.all_cells()] == ["counting", "dense"]
+
+
+def test_2to4_latency_report_where_kernels_exist(registries, tmp_path, monkeypatch):
+    """The CUDA sm80+ branch, on CPU: the kernel timing itself is faked, the plumbing is real."""
+    from benchmark.metrics import latency
+
+    seen = {}
+
+    def fake_report(model, masks, inputs_fn, batch_sizes, device):
+        seen.update(layers=sorted(masks), inputs=inputs_fn(batch_sizes[0])[0].shape)
+        return {"supported": True, "batches": [{"batch": batch_sizes[0], "sparse_ms": 0.5, "speedup": 1.25}]}
+
+    monkeypatch.setattr(latency, "semi_structured_supported", lambda device: (True, "fake sm90"))
+    monkeypatch.setattr(latency, "sparse_latency_report", fake_report)
+    run(registries, tmp_path, ["asp"])
+    cell = CellStore(tmp_path).read("tiny-net", "asp")
+    assert (cell["metrics"]["sparse_latency_ms"], cell["metrics"]["speedup"]) == (0.5, 1.25)
+    assert cell["latency_report"]["batches"][0]["batch"] == UNIT.latency_batch
+    assert seen == {"layers": ["blocks.0.0", "blocks.1.0", "blocks.2.0"], "inputs": (UNIT.latency_batch, 1, 16, 16)}
+
+
+def test_cli_exit_code_when_a_cell_failed(registries, tmp_path, monkeypatch, capsys):
+    import benchmark.plugins
+
+    monkeypatch.setitem(PRESETS, UNIT.name, UNIT)
+    monkeypatch.setattr(benchmark.plugins, "build_registries", lambda: registries)
+    code = main(["run", "--methods", "counting,explode", "--preset", "unit", "--out", str(tmp_path), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "2 ok, 1 failed, 0 skipped" in captured.out
+    assert "failed: tiny-net/explode" in captured.err
+
+
+def test_expand_methods(registries):
+    methods = registries.methods
+    everything = harness.expand_methods(methods, "all")
+    assert everything[0] == "dense" and sorted(everything) == sorted(methods.names())
+    assert harness.expand_methods(methods, " asp , asp+uniform-skip,asp,") == ["asp", "asp+uniform-skip"]
+    assert harness.expand_methods(methods, "all,asp + uniform-skip")[-1] == "asp+uniform-skip"
+    with pytest.raises(BenchmarkError, match="no method given"):
+        harness.expand_methods(methods, " , ")
+
+
+def test_invalid_input_fails_before_any_cell(registries, tmp_path):
+    with pytest.raises(BenchmarkError, match="unknown method 'nosuch'"):
+        run(registries, tmp_path, ["counting", "asp+nosuch"])
+    assert not CALLS and not tmp_path.joinpath("cells").exists()

@@ -1,0 +1,180 @@
+"""Cell files (atomic, versioned, hash-keyed) and the leaderboards generated from them."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import pytest
+
+from benchmark import results
+from benchmark.api import BenchmarkError
+from benchmark.leaderboard import COLUMNS, load_cells, render, write_leaderboard
+from benchmark.results import SCHEMA_VERSION, CellStore, config_hash
+
+NA = "n/a (needs CUDA sm80+)"
+CONFIG = {"preset": {"name": "tiny", "lr": 2e-4}, "options": {"pattern": "2:4"}, "seed": 0}
+
+
+def make_cell(backbone: str, method: str, status: str = "ok", fid: float = 20.0, **metrics) -> dict:
+    cell = {
+        "schema": SCHEMA_VERSION,
+        "backbone": backbone,
+        "method": method,
+        "status": status,
+        "error": None,
+        "traceback": None,
+        "config": CONFIG,
+        "config_hash": config_hash(CONFIG),
+        "seed": 0,
+        "metrics": {},
+    }
+    if status == "ok":
+        cell["metrics"] = {
+            "fid": fid, "fid_samples": 256, "params_m": 0.4, "macs_g": 0.05, "sparse_macs_g": 0.03,
+            "latency_ms": 2.0, "sparse_latency_ms": NA, "speedup": NA,
+            "sparsity": 0.5, "train_steps": 300, "sample_steps": 20, "sampler": "ddim (eta=0)", **metrics,
+        }
+    else:
+        cell["error"] = "MaskValidationError: attn.qkv: 3 group(s) of 4 do not keep exactly 2"
+        cell["traceback"] = "Traceback (most recent call last):\n  ...\n"
+    return cell
+
+
+@pytest.fixture
+def store(tmp_path):
+    return CellStore(tmp_path / "run")
+
+
+class TestConfigHash:
+    def test_stable_under_key_order(self):
+        reordered = {"seed": 0, "options": {"pattern": "2:4"}, "preset": {"lr": 2e-4, "name": "tiny"}}
+        assert config_hash(reordered) == config_hash(CONFIG)
+        assert len(config_hash(CONFIG)) == 16 and int(config_hash(CONFIG), 16) >= 0
+
+    def test_sensitive_to_nested_values(self):
+        changed = {**CONFIG, "preset": {"name": "tiny", "lr": 1e-4}}
+        assert config_hash(changed) != config_hash(CONFIG)
+        assert config_hash({**CONFIG, "seed": 1}) != config_hash(CONFIG)
+
+
+class TestCellStore:
+    def test_write_then_read(self, store):
+        cell = make_cell("uvit", "sparsedm+dipgo")
+        path = store.write(cell)
+        assert path.name == "uvit__sparsedm+dipgo.json"
+        assert store.read("uvit", "sparsedm+dipgo") == cell
+        assert store.read("uvit", "asp") is None
+
+    def test_write_is_atomic(self, store, monkeypatch):
+        store.write(make_cell("uvit", "asp", fid=1.0))
+        synced = []
+        monkeypatch.setattr(results.os, "fsync", lambda fd: synced.append(fd))
+        store.write(make_cell("uvit", "asp", fid=2.0))
+        assert synced, "the new file is flushed to disk before it replaces the old one"
+
+        def dump_half_then_crash(obj, f, **kwargs):
+            f.write('{"schema": 1, "backbone": "uv')
+            raise OSError("disk full")
+
+        monkeypatch.setattr(results.json, "dump", dump_half_then_crash)
+        with pytest.raises(OSError, match="disk full"):
+            store.write(make_cell("uvit", "asp", fid=3.0))
+        assert store.read("uvit", "asp")["metrics"]["fid"] == 2.0
+        assert [p.name for p in store.cells_dir.iterdir()] == ["uvit__asp.json"]  # no temp file left
+
+    def test_truncated_file_warns_and_is_recomputed(self, store):
+        path = store.write(make_cell("uvit", "asp"))
+        path.write_text(path.read_text()[:40])
+        with pytest.warns(UserWarning, match="recomputed"):
+            assert store.read("uvit", "asp") is None
+        with pytest.warns(UserWarning):
+            assert not store.is_complete("uvit", "asp", config_hash(CONFIG))
+        with pytest.warns(UserWarning):
+            assert store.all_cells() == []
+
+    def test_only_ok_cells_with_matching_hash_are_complete(self, store):
+        store.write(make_cell("uvit", "asp"))
+        store.write(make_cell("uvit", "ste", status="failed"))
+        assert store.is_complete("uvit", "asp", config_hash(CONFIG))
+        assert not store.is_complete("uvit", "asp", config_hash({**CONFIG, "seed": 1}))
+        assert not store.is_complete("uvit", "ste", config_hash(CONFIG))
+        assert not store.is_complete("ddpm", "asp", config_hash(CONFIG))
+
+    def test_file_names_are_safe_and_distinct(self, store):
+        pairs = [("a__b", "c"), ("a", "b__c"), ("net/v2", "x y"), ("uvit", "sparsedm+dipgo")]
+        paths = [store.path(*pair) for pair in pairs]
+        assert len(set(paths)) == len(pairs)
+        assert all(p.parent == store.cells_dir and "/" not in p.name and " " not in p.name for p in paths)
+        for pair in pairs:
+            store.write(make_cell(*pair))
+        assert {(c["backbone"], c["method"]) for c in store.all_cells()} == set(pairs)
+
+    def test_unwritable_out_dir(self, tmp_path):
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a directory")
+        with pytest.raises(BenchmarkError, match=str(blocker / "run")):
+            CellStore(blocker / "run").write(make_cell("uvit", "asp"))
+
+
+@pytest.fixture
+def run_dir(store):
+    store.write(make_cell("uvit", "asp", fid=25.0))
+    store.write(make_cell("uvit", "dense", fid=18.0, sparse_latency_ms=2.1, speedup=0.95, sparsity=0.0))
+    store.write(make_cell("uvit", "ste", status="failed"))
+    store.write(make_cell("ddpm", "uniform-skip", fid=30.0, sparse_latency_ms=1.2, speedup=1.6, sparsity=0.0))
+    store.write(make_cell("ddpm", "dense", fid=22.0))
+    return store.out_dir
+
+
+class TestLeaderboard:
+    def test_rows_grouped_dense_first_failed_last(self, run_dir):
+        df = load_cells(run_dir)
+        assert list(df.columns) == COLUMNS
+        assert list(zip(df["backbone"], df["method"])) == [
+            ("ddpm", "dense"), ("ddpm", "uniform-skip"), ("uvit", "dense"), ("uvit", "asp"), ("uvit", "ste"),
+        ]
+        failed = df.iloc[-1]
+        assert failed["status"] == "failed" and failed["error"].startswith("MaskValidationError")
+
+    def test_markdown(self, run_dir):
+        text = render(load_cells(run_dir), "md")
+        header, rule, *rows = [line for line in text.splitlines() if line.startswith("|")]
+        columns = [c.strip() for c in header.strip("|").split("|")]
+        assert columns[:11] == [
+            "backbone", "method", "status", "fid@256 ↓", "params_m ↓", "macs_g ↓", "sparse_macs_g ↓",
+            "latency_ms ↓", "sparse_latency_ms ↓", "speedup ↑", "sparsity",
+        ]
+        assert columns[-1] == "error" and "fid_samples" not in columns  # the sample count is in the FID header
+        cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+        assert [row[:2] for row in cells] == [
+            ["ddpm", "dense"], ["", "uniform-skip"], ["uvit", "dense"], ["", "asp"], ["", "ste"],
+        ]
+        assert cells[0][3] == "22.00" and cells[1][9] == "1.60"
+        assert cells[3][8] == NA
+        assert cells[4][2] == "failed" and cells[4][-1].startswith("MaskValidationError: attn.qkv")
+
+    def test_csv(self, run_dir):
+        rows = list(csv.DictReader(io.StringIO(render(load_cells(run_dir), "csv"))))
+        assert list(rows[0]) == COLUMNS
+        assert rows[0]["method"] == "dense" and rows[0]["train_steps"] == "300"
+        assert rows[3]["sparse_latency_ms"] == NA
+        assert rows[4]["status"] == "failed" and rows[4]["fid"] == ""
+
+    def test_json(self, run_dir):
+        document = json.loads(render(load_cells(run_dir), "json"))
+        assert document["metadata"]["schema"] == SCHEMA_VERSION
+        assert {"benchmark_version", "generated"} <= document["metadata"].keys()
+        assert len(document["records"]) == 5
+        assert document["records"][4]["fid"] is None and document["records"][2]["fid"] == 18.0
+
+    def test_write_leaderboard(self, run_dir):
+        paths = write_leaderboard(run_dir)
+        assert sorted(paths) == ["csv", "json", "md"]
+        assert all(p.parent == run_dir and p.stat().st_size > 0 for p in paths.values())
+
+    def test_empty_run_dir(self, tmp_path):
+        with pytest.raises(BenchmarkError, match="no result cells"):
+            write_leaderboard(tmp_path)
+        assert not os.listdir(tmp_path)
