@@ -35,7 +35,7 @@ def find_dense_checkpoint(backbone: Backbone, preset: Preset, options: RunOption
     given = options.checkpoints.get(backbone.name)
     if given is not None:
         path = Path(given).expanduser()
-        if not path.is_file():
+        if not path.exists():  # a file, or a directory (diffusers layout) the backbone understands
             raise BenchmarkError(f"dense checkpoint for {backbone.name!r} not found: {path}")
         return path
     for path in (

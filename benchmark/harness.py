@@ -201,6 +201,7 @@ class _Grid:
         self.store = CellStore(out_dir)
         self.dense: dict[str, tuple[nn.Module, float] | BaseException] = {}
         self._fid_scorer: FIDScorer | None = None
+        self._checkpoint_ids: dict[str, str] = {}
 
     @property
     def fid_scorer(self) -> FIDScorer:
@@ -226,7 +227,24 @@ class _Grid:
             "device": str(self.device),
             "method_versions": {part: self.registries.methods.get(part).version for part in chain},
             "backbone_version": self.registries.backbones.get(backbone).version,
+            "dense_checkpoint": self.dense_checkpoint_id(backbone),
         }
+
+    def dense_checkpoint_id(self, backbone: str) -> str:
+        """The sha256 of the given or shipped dense checkpoint file; a cached one is known by its name."""
+        from benchmark import checkpoints
+
+        if backbone not in self._checkpoint_ids:
+            spec = self.registries.backbones.get(backbone)
+            path = checkpoints.find_dense_checkpoint(spec, self.preset, self.options)
+            if path is None or path.is_relative_to(checkpoints.cache_dir()):  # the same before and after training
+                ident = "cache:" + checkpoints.checkpoint_filename(spec, self.preset)
+            elif path.is_file():
+                ident = "sha256:" + checkpoints.sha256_file(path)
+            else:
+                ident = f"dir:{path.resolve()}"
+            self._checkpoint_ids[backbone] = ident
+        return self._checkpoint_ids[backbone]
 
     def load_dense_models(self, backbones: list[str]) -> None:
         """Load (or train) each backbone's dense model before any cell runs.
