@@ -287,6 +287,7 @@ class _Grid:
             "metrics": {},
             "info": {},
             "latency_report": None,
+            "mask_digest": None,
             "started": now_iso(),
         }
         try:
@@ -318,9 +319,10 @@ class _Grid:
         with _timed(timings, "prune"):
             state = self._prune(backbone, dense, diffusion, chain, info)
             if state.masks or state.pattern is not None:
-                from benchmark.sparsity import validate_nm
+                from benchmark.sparsity import masks_digest, validate_nm
 
                 metrics["sparsity"] = validate_nm(state.model, state)
+                cell["mask_digest"] = masks_digest(state.masks)
             else:
                 metrics["sparsity"] = 0.0
             metrics["train_steps"] = state.train_steps

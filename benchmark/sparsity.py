@@ -11,6 +11,8 @@ masked weights into the layers.
 """
 from __future__ import annotations
 
+import hashlib
+
 from typing import Literal
 
 import torch
@@ -219,3 +221,12 @@ def validate_nm(model: nn.Module, pruned: Pruned) -> float:
         zeros += int((weight == 0).sum())
         total += weight.numel()
     return zeros / total
+
+
+def masks_digest(masks: dict[str, torch.Tensor]) -> str:
+    """sha256 over the layer names and mask bits, in name order: equal digests mean equal masks."""
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        digest.update(name.encode())
+        digest.update(masks[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
