@@ -6,7 +6,6 @@ import os
 import re
 
 import torch
-from diffusers import UNet2DModel
 from torch import nn
 
 from backbones.uvit import load_state_dict_strict, read_state_dict
@@ -54,6 +53,8 @@ class DDPMUNet(nn.Module):
 
     def __init__(self, **unet_config):
         super().__init__()
+        from diffusers import UNet2DModel  # imported here: diffusers takes seconds to import
+
         self.unet = UNet2DModel(**unet_config)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -73,7 +74,7 @@ def _unet_state_dict(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return state_dict
 
 
-def _check_config(unet: UNet2DModel, config_path: str) -> None:
+def _check_config(unet: nn.Module, config_path: str) -> None:
     """Architecture settings that no weight shape reveals (e.g. ``flip_sin_to_cos``) must agree too."""
     if not os.path.isfile(config_path):
         raise BenchmarkError(f"checkpoint directory has no config.json: {os.path.dirname(config_path)}")
