@@ -2,24 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
-from torch import nn
 
 from benchmark.api import BenchmarkError
 from benchmark.diffusion import Diffusion
 from benchmark.presets import get_preset
-
-
-class TinyEps(nn.Module):
-    """A two-conv noise predictor whose output depends on t."""
-
-    def __init__(self, channels: int = 1, width: int = 8):
-        super().__init__()
-        self.inp = nn.Conv2d(channels, width, 3, padding=1)
-        self.time = nn.Embedding(1000, width)
-        self.out = nn.Conv2d(width, channels, 3, padding=1)
-
-    def forward(self, x, t):
-        return self.out(F.silu(self.inp(x) + self.time(t)[:, :, None, None]))
+from nets import TwoConv
 
 
 def test_for_preset_reads_shape_and_steps():
@@ -47,7 +34,7 @@ def test_training_inputs_follow_the_generator():
 
 
 def test_loss_is_the_noise_mse():
-    diffusion, model = Diffusion((1, 8, 8), 10), TinyEps()
+    diffusion, model = Diffusion((1, 8, 8), 10), TwoConv(width=8)
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
     loss = diffusion.loss(model, x0, torch.Generator().manual_seed(1))
     x_t, t, noise = diffusion.training_inputs(x0, torch.Generator().manual_seed(1))
@@ -56,7 +43,7 @@ def test_loss_is_the_noise_mse():
 
 @pytest.mark.parametrize("steps", [1, 7, 20])
 def test_denoise_matches_diffusers_ddim(steps):
-    model, x_T = TinyEps(), torch.randn(3, 1, 8, 8)
+    model, x_T = TwoConv(width=8), torch.randn(3, 1, 8, 8)
     scheduler = DDIMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=True)
     scheduler.set_timesteps(steps)
     expected = x_T
@@ -69,7 +56,7 @@ def test_denoise_matches_diffusers_ddim(steps):
 
 
 def test_denoise_is_differentiable_and_reports_steps():
-    diffusion, model = Diffusion((1, 8, 8), 5), TinyEps()
+    diffusion, model = Diffusion((1, 8, 8), 5), TwoConv(width=8)
     calls = []
     image = diffusion.denoise(model, torch.randn(2, 1, 8, 8), on_step=calls.append)
     image.square().sum().backward()
@@ -78,7 +65,7 @@ def test_denoise_is_differentiable_and_reports_steps():
 
 
 def test_nested_denoise_does_not_disturb_the_outer_chain():
-    diffusion, model = Diffusion((1, 8, 8), 6), TinyEps()
+    diffusion, model = Diffusion((1, 8, 8), 6), TwoConv(width=8)
     outer_x, inner_x = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         plain = diffusion.denoise(model, outer_x)
@@ -87,7 +74,7 @@ def test_nested_denoise_does_not_disturb_the_outer_chain():
 
 
 def test_sample_is_deterministic_batched_and_restores_mode():
-    diffusion, model = Diffusion((1, 8, 8), 4), TinyEps()
+    diffusion, model = Diffusion((1, 8, 8), 4), TwoConv(width=8)
     model.train()
     calls = []
     images = diffusion.sample(model, 5, 2, torch.Generator().manual_seed(7), on_step=calls.append)

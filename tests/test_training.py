@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmark import checkpoints
@@ -14,19 +13,9 @@ from benchmark.data import batch_stream, load_dataset
 from benchmark.diffusion import Diffusion
 from benchmark.presets import get_preset
 from benchmark.training import NonFiniteLossError, train
+from nets import TwoConv
 
 PRESET = dataclasses.replace(get_preset("tiny"), batch_size=16, lr=3e-3, dense_train_steps=3)
-
-
-class TwoConv(nn.Module):
-    def __init__(self, channels: int = 1, width: int = 16):
-        super().__init__()
-        self.inp = nn.Conv2d(channels, width, 3, padding=1)
-        self.time = nn.Embedding(1000, width)
-        self.out = nn.Conv2d(width, channels, 3, padding=1)
-
-    def forward(self, x, t):
-        return self.out(F.silu(self.inp(x) + self.time(t)[:, :, None, None]))
 
 
 class FakeBackbone(Backbone):
