@@ -15,6 +15,7 @@ DEFAULT_PLUGINS = (
     "backbones.uvit",
     "backbones.ddpm_unet",
     "methods.dense",
+    "methods.dense_ft",
     "methods.asp",
     "methods.ste",
     "methods.progressive",

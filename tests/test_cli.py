@@ -14,7 +14,7 @@ from benchmark.cli import main
 from benchmark.plugins import DISABLE_AUTOLOAD_ENV
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTINS = ["uvit", "ddpm", "dense", "asp", "ste", "progressive", "sparsedm", "dipgo", "uniform-skip"]
+BUILTINS = ["uvit", "ddpm", "dense", "dense-ft", "asp", "ste", "progressive", "sparsedm", "dipgo", "uniform-skip"]
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess:
@@ -59,7 +59,7 @@ def test_help_ends_with_examples(capsys, argv):
 
 
 INPUT_ERRORS = [
-    (["run", "--methods", "nosuch"], r"unknown method 'nosuch'.*available: dense, asp, .*uniform-skip"),
+    (["run", "--methods", "nosuch"], r"unknown method 'nosuch'.*available: dense, dense-ft, asp, .*uniform-skip"),
     (["run", "--methods", "sparsedm+"], r"malformed method chain 'sparsedm\+'"),
     (["run", "--methods", "sparsedm+dipg"], r"unknown method 'dipg' \(did you mean 'dipgo'\?\)"),
     (["run", "--backbones", "vit"], r"unknown backbone 'vit' \(did you mean 'uvit'\?\); available: uvit, ddpm"),

@@ -12,6 +12,7 @@ from benchmark.presets import get_preset
 from benchmark.sparsity import nm_mask, validate_nm
 from methods import asp, progressive, sparsedm, ste
 from methods.asp import ASP
+from methods.dense_ft import DenseFineTuned
 from methods.progressive import Progressive, ladder, stage_boundaries
 from methods.sparsedm import SparseDM, teacher_term
 from methods.ste import STE
@@ -155,6 +156,18 @@ def expected_timesteps(ctx: MethodContext) -> list[list[int]]:
     generator = torch.Generator().manual_seed(ctx.seed)
     batches = ctx.batches()
     return [ctx.diffusion.training_inputs(next(batches), generator)[1].tolist() for _ in range(ctx.train_steps)]
+
+
+def test_dense_ft_trains_the_same_budget_without_a_mask(dense):
+    ctx = make_context(teacher=dense)
+    model = copy.deepcopy(dense).train()
+    seen = record_training_inputs(model)
+    pruned = DenseFineTuned().apply(ctx, Pruned(model))
+
+    assert pruned.train_steps == BUDGET and not pruned.masks and pruned.pattern is None
+    assert [t for _, t in seen] == expected_timesteps(make_context(teacher=dense))  # the same inputs as 2:4 methods
+    assert not torch.equal(pruned.model.wide.weight, dense.wide.weight)
+    assert (pruned.model.wide.weight != 0).all()
 
 
 @pytest.mark.parametrize("method", [Progressive(), SparseDM()], ids=lambda m: m.name)
