@@ -11,6 +11,7 @@ masked weights into the layers.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 from typing import Literal
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from benchmark.api import NMPattern, Pruned
+from benchmark.api import MethodContext, NMPattern, Pruned
 
 Mode = Literal["fixed", "ste"]
 
@@ -230,3 +231,16 @@ def masks_digest(masks: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(masks[name].detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def masked_result(ctx: MethodContext, state: Pruned, skipped: dict[str, str], info: dict) -> Pruned:
+    """What a weight-sparsity method returns: ``state.model`` finalized at the run's pattern after
+    ``ctx.train_steps`` more optimizer steps; a schedule already in ``state`` is kept."""
+    return dataclasses.replace(
+        state,
+        masks=finalize(state.model),
+        pattern=ctx.options.pattern,
+        train_steps=state.train_steps + ctx.train_steps,
+        skipped_layers=skipped,
+        info=info,
+    )

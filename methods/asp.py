@@ -1,7 +1,7 @@
 """NVIDIA ASP recipe: one-shot magnitude N:M mask from the dense weights, then fine-tune with it fixed."""
 from benchmark import hookimpl
 from benchmark.api import Method, MethodContext, Pruned
-from benchmark.sparsity import attach, finalize
+from benchmark.sparsity import attach, masked_result
 from benchmark.training import train
 
 
@@ -15,15 +15,8 @@ class ASP(Method):
         pattern = ctx.options.pattern
         skipped = attach(model, ctx.backbone.prunable_layers(model), pattern, mode="fixed")
         losses = train(model, ctx, ctx.train_steps, desc=self.name)
-        return Pruned(
-            model,
-            finalize(model),
-            pattern=pattern,
-            schedule=state.schedule,
-            train_steps=state.train_steps + ctx.train_steps,
-            skipped_layers=skipped,
-            info={"mask": "fixed", "final_loss": losses[-1] if losses else None},
-        )
+        info = {"mask": "fixed", "final_loss": losses[-1] if losses else None}
+        return masked_result(ctx, state, skipped, info)
 
 
 @hookimpl

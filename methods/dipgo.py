@@ -10,6 +10,7 @@ whose output goes unused at a step may still run there, which refreshes its cach
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -171,15 +172,7 @@ class DiPGO(Method):
             "keep_prob": [[round(p, 4) for p in row] for row in keep_prob.tolist()],
             "loss_history": history,
         }
-        return Pruned(
-            model=state.model,
-            masks=state.masks,
-            pattern=state.pattern,
-            schedule=schedule,
-            train_steps=state.train_steps,
-            skipped_layers=state.skipped_layers,
-            info={**state.info, **info},
-        )
+        return dataclasses.replace(state, schedule=schedule, info={**state.info, **info})
 
 
 @hookimpl

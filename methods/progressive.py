@@ -6,7 +6,7 @@ the model persist across stages; only the pattern switches.
 """
 from benchmark import hookimpl
 from benchmark.api import Method, MethodContext, NMPattern, Pruned
-from benchmark.sparsity import attach, finalize, set_pattern
+from benchmark.sparsity import attach, masked_result, set_pattern
 from benchmark.training import train
 
 
@@ -48,15 +48,8 @@ class Progressive(Method):
             {"pattern": str(stage), "start": start, "end": end, "dense_layers": dense_in_stage.get(str(stage), {})}
             for (start, end), stage in zip(bounds, stages)
         ]
-        return Pruned(
-            model,
-            finalize(model),
-            pattern=pattern,
-            schedule=state.schedule,
-            train_steps=state.train_steps + ctx.train_steps,
-            skipped_layers=skipped,
-            info={"stages": stage_info, "srste_decay": decay, "final_loss": losses[-1] if losses else None},
-        )
+        info = {"stages": stage_info, "srste_decay": decay, "final_loss": losses[-1] if losses else None}
+        return masked_result(ctx, state, skipped, info)
 
 
 @hookimpl

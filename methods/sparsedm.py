@@ -16,7 +16,7 @@ from torch import nn
 
 from benchmark import hookimpl
 from benchmark.api import Method, MethodContext, Pruned
-from benchmark.sparsity import attach, finalize, set_pattern
+from benchmark.sparsity import attach, masked_result, set_pattern
 from benchmark.training import ExtraLoss, TrainingStream, train
 from methods.progressive import ladder, stage_boundaries
 
@@ -62,15 +62,8 @@ class SparseDM(Method):
                     "final_loss": losses[-1] if losses else None,
                 }
             )
-        return Pruned(
-            model,
-            finalize(model),
-            pattern=pattern,
-            schedule=state.schedule,
-            train_steps=state.train_steps + ctx.train_steps,
-            skipped_layers=skipped,
-            info={"stages": stage_info, "teacher_weight": ctx.options.sparsedm_weight, "srste_decay": decay},
-        )
+        info = {"stages": stage_info, "teacher_weight": ctx.options.sparsedm_weight, "srste_decay": decay}
+        return masked_result(ctx, state, skipped, info)
 
 
 @hookimpl

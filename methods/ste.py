@@ -1,7 +1,7 @@
 """STE / SR-STE sparse fine-tuning: the N:M mask is recomputed from the dense weights every step."""
 from benchmark import hookimpl
 from benchmark.api import Method, MethodContext, Pruned
-from benchmark.sparsity import attach, finalize
+from benchmark.sparsity import attach, masked_result
 from benchmark.training import train
 
 
@@ -16,15 +16,8 @@ class STE(Method):
         decay = ctx.options.srste_decay
         skipped = attach(model, ctx.backbone.prunable_layers(model), pattern, mode="ste", decay=decay)
         losses = train(model, ctx, ctx.train_steps, desc=self.name)
-        return Pruned(
-            model,
-            finalize(model),
-            pattern=pattern,
-            schedule=state.schedule,
-            train_steps=state.train_steps + ctx.train_steps,
-            skipped_layers=skipped,
-            info={"mask": "dynamic", "srste_decay": decay, "final_loss": losses[-1] if losses else None},
-        )
+        info = {"mask": "dynamic", "srste_decay": decay, "final_loss": losses[-1] if losses else None}
+        return masked_result(ctx, state, skipped, info)
 
 
 @hookimpl

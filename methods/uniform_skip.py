@@ -6,6 +6,7 @@ same MACs budget as DiP-GO where every-other-step skipping can reach it.
 """
 from __future__ import annotations
 
+import dataclasses
 import torch
 
 from benchmark import hookimpl
@@ -52,15 +53,7 @@ class UniformSkip(Method):
             "blocks": names,
             "schedule": schedule.tolist(),
         }
-        return Pruned(
-            model=state.model,
-            masks=state.masks,
-            pattern=state.pattern,
-            schedule=schedule,
-            train_steps=state.train_steps,
-            skipped_layers=state.skipped_layers,
-            info={**state.info, **info},
-        )
+        return dataclasses.replace(state, schedule=schedule, info={**state.info, **info})
 
 
 @hookimpl
