@@ -16,7 +16,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -413,11 +413,9 @@ class _Grid:
         """Median time per evaluation of both models, timed in alternation so load changes hit both alike."""
         from benchmark.metrics.latency import dense_latency_ms
 
-        timings: dict[int, list[float]] = {0: [], 1: []}
-        for _ in range(TIMING_ROUNDS):
-            for index, candidate in enumerate((dense, model)):
-                timings[index].append(dense_latency_ms(candidate, inputs, self.device))
-        return statistics.median(timings[0]), statistics.median(timings[1])
+        return _alternating_medians(
+            lambda: dense_latency_ms(dense, inputs, self.device), lambda: dense_latency_ms(model, inputs, self.device)
+        )
 
     def _sampling_ms_per_step(
         self, backbone: Backbone, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor
@@ -437,11 +435,7 @@ class _Grid:
             return (time.perf_counter() - start) * 1e3 / diffusion.sample_steps
 
         run(False), run(True)  # warm-up
-        timings: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(TIMING_ROUNDS):  # in alternation, so load changes hit both alike
-            for use_schedule in (False, True):
-                timings[use_schedule].append(run(use_schedule))
-        return statistics.median(timings[False]), statistics.median(timings[True])
+        return _alternating_medians(lambda: run(False), lambda: run(True))
 
     def _quality(
         self, backbone: Backbone, method: str, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor | None
@@ -464,6 +458,15 @@ class _Grid:
 
     def _inputs(self, backbone: Backbone, batch: int) -> tuple[torch.Tensor, ...]:
         return tuple(x.to(self.device) for x in backbone.example_inputs(self.preset, batch))
+
+
+def _alternating_medians(first: Callable[[], float], second: Callable[[], float]) -> tuple[float, float]:
+    """Median of ``TIMING_ROUNDS`` timings of each, taken in alternation so load changes hit both alike."""
+    timings: tuple[list[float], list[float]] = ([], [])
+    for _ in range(TIMING_ROUNDS):
+        timings[0].append(first())
+        timings[1].append(second())
+    return statistics.median(timings[0]), statistics.median(timings[1])
 
 
 def _latency_metrics(dense_ms: float, sparse_ms: float | str, speedup: float | str) -> dict[str, Any]:
