@@ -121,6 +121,20 @@ def test_two_four_linear_matches_dense():
 
 
 @needs_sm80
+@pytest.mark.parametrize("fuse_transpose", [False, True])
+def test_two_four_linear_takes_strided_input(fuse_transpose):
+    layer = two_four_linear(128, 256)
+    sparse = nn.Sequential(copy.deepcopy(layer))
+    to_semi_structured(sparse, ["0"], fuse_transpose=fuse_transpose)
+    x = torch.randn(2, 256, 64, device="cuda", dtype=torch.float16).transpose(1, 2)  # as diffusers' attention
+    with torch.inference_mode():
+        out = sparse(x)
+        torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-2, atol=1e-2)
+    if fuse_transpose:
+        assert out.is_contiguous()
+
+
+@needs_sm80
 def test_conversion_refuses_weights_that_are_not_two_four():
     model = nn.Sequential(nn.Linear(64, 64).to("cuda", torch.float16), nn.Linear(8, 8).to("cuda", torch.float16))
     conversion = to_semi_structured(model, ["0", "1"])
@@ -135,9 +149,43 @@ def test_latency_command_on_gpu_reports_each_batch(tmp_path):
     assert result["converted"] == ["body.0", "body.2"]
     assert [entry["batch"] for entry in result["batches"]] == [1, 8]
     for entry in result["batches"]:
-        assert entry["dense_ms"] > 0 and entry["sparse_ms"] > 0
+        for mode in ("eager", "graphed", "graphed_fused"):
+            assert entry[mode]["dense_ms"] > 0 and entry[mode]["sparse_ms"] > 0
         assert [layer["tokens"] for layer in entry["layers"]] == [entry["batch"] * 256] * 2
+        assert all(layer["graphed"]["sparse_ms"] > 0 for layer in entry["layers"])
     assert json.loads((tmp_path / "out.json").read_text())["batches"][1]["batch"] == 8
+
+
+@needs_sm80
+def test_cuda_graph_replays_the_captured_kernels():
+    from benchmark.metrics.latency import cuda_graphed
+
+    x = torch.randn(32, 64, device="cuda")
+    replay, output = cuda_graphed(lambda: x * 2)
+    x.copy_(torch.arange(32 * 64, device="cuda", dtype=torch.float32).reshape(32, 64))
+    replay()
+    torch.testing.assert_close(output, 2 * x)
+
+
+def test_report_table_shows_each_timing_mode_and_capture_errors():
+    layer = {"eager": {"speedup": 0.5}, "graphed": {"speedup": 1.5}}
+    report = {
+        "supported": True, "device": "GPU (sm90)", "dtype": "float16", "backend": "cusparselt",
+        "converted": ["a"], "skipped": {"b": "why"},
+        "batches": [{
+            "batch": 8,
+            "eager": {"dense_ms": 1.0, "sparse_ms": 2.0, "speedup": 0.5},
+            "graphed": {"dense_ms": 0.3, "sparse_ms": 0.2, "speedup": 1.5},
+            "graphed_fused": {"error": "RuntimeError: capture failed"},
+            "layers": [layer],
+        }],
+    }
+    lines = format_report(report).splitlines()
+    assert lines[0] == "GPU (sm90), float16, cusparselt: 1 Linear layers at 2:4, 1 masked layers left dense"
+    eager, graphed, fused = lines[3:]
+    assert eager.split()[:5] == ["8", "eager", "1.000", "2.000", "0.50x"] and "median 0.50x" in eager
+    assert graphed.split()[:6] == ["8", "CUDA", "graph", "0.300", "0.200", "1.50x"] and "median 1.50x" in graphed
+    assert "fused transpose" in fused and "capture failed" in fused
 
 
 def test_masked_copy_applies_masks_in_fp16_and_counts_tokens():
