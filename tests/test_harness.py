@@ -193,13 +193,20 @@ def test_2to4_latency_report_where_kernels_exist(registries, tmp_path, monkeypat
 
     def fake_report(model, masks, inputs_fn, batch_sizes, device):
         seen.update(layers=sorted(masks), inputs=inputs_fn(batch_sizes[0])[0].shape)
-        return {"supported": True, "batches": [{"batch": batch_sizes[0], "sparse_ms": 0.5, "speedup": 1.25}]}
+        entry = {
+            "batch": batch_sizes[0],
+            "eager": {"dense_ms": 1.0, "sparse_ms": 2.0, "speedup": 0.5},
+            "graphed": {"dense_ms": 0.6, "sparse_ms": 0.5, "speedup": 1.2},
+            "graphed_fused": {"error": "RuntimeError: capture failed"},
+        }
+        return {"supported": True, "batches": [entry]}
 
     monkeypatch.setattr(latency, "semi_structured_supported", lambda device: (True, "fake sm90"))
     monkeypatch.setattr(latency, "sparse_latency_report", fake_report)
     run(registries, tmp_path, ["asp"])
     cell = CellStore(tmp_path).read("tiny-net", "asp")
-    assert (cell["metrics"]["sparse_latency_ms"], cell["metrics"]["speedup"]) == (0.5, 1.25)
+    assert (cell["metrics"]["sparse_latency_ms"], cell["metrics"]["speedup"]) == (0.5, 1.2)
+    assert cell["latency_report"]["headline_mode"] == "graphed"  # the fused mode failed to capture
     assert cell["latency_report"]["batches"][0]["batch"] == UNIT.latency_batch
     assert seen == {"layers": ["blocks.0.0", "blocks.1.0", "blocks.2.0"], "inputs": (UNIT.latency_batch, 1, 16, 16)}
 

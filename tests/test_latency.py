@@ -207,3 +207,12 @@ def test_masked_copy_applies_masks_in_fp16_and_counts_tokens():
     parametrize.register_parametrization(model.out, "weight", nn.Identity())
     with pytest.raises(ValueError, match="bake the weight parametrizations first"):
         _masked_fp16_copy(model, {}, torch.device("cpu"))
+
+
+def test_headline_timing_prefers_the_graphed_fused_mode_then_falls_back():
+    from benchmark.metrics.latency import headline_timing
+
+    fused, graphed, eager = ({"sparse_ms": ms} for ms in (1.0, 2.0, 3.0))
+    assert headline_timing({"graphed_fused": fused, "graphed": graphed, "eager": eager}) == ("graphed_fused", fused)
+    failed = {"error": "RuntimeError: capture failed"}
+    assert headline_timing({"graphed_fused": failed, "graphed": failed, "eager": eager}) == ("eager", eager)
