@@ -103,7 +103,11 @@ class Backbone(abc.ABC):
 
     @abc.abstractmethod
     def blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        """The model's skippable blocks in execution order, as ``(qualified name, module)``."""
+        """The model's skippable blocks in execution order, as ``(qualified name, module)``.
+
+        For a U-shaped network: input side, middle, output side, so that blocks ``i`` and
+        ``n - 1 - i`` are at the same depth (the skip-schedule methods rely on it).
+        """
 
     def prunable_layers(self, model: nn.Module) -> dict[str, nn.Module]:
         """Linear and Conv2d layers a weight-sparsity method may mask, by qualified name.

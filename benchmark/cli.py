@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--batch-sizes", type=batch_sizes, default=[1, 16, 64, 128], metavar="LIST",
                          help="comma list (default: 1,16,64,128)")
     latency.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="default: cuda")
-    latency.add_argument("--out", type=Path, metavar="FILE", help="also write the report, with versions and device, as JSON")
+    latency.add_argument(
+        "--out", type=Path, metavar="FILE", help="also write the report, with versions and device, as JSON"
+    )
     latency.set_defaults(handler=latency_command)
     return parser
 

@@ -115,6 +115,25 @@ def scheduled(
         yield on_step
 
 
+def cascade(keep: torch.Tensor) -> torch.Tensor:
+    """Keep gates ``[..., n_blocks]`` of a U-shaped block list after DiP-GO's cascade rule.
+
+    Blocks ``i`` and ``n - 1 - i`` sit at the same depth. When a block on the output side (the
+    middle included) reuses its cache, every block at least as deep reuses too: their outputs
+    would only feed it. So block ``i`` runs where its own gate and those of all output-side
+    blocks at its depth or shallower are on. Bool gates give bool, soft gates their product.
+    """
+    n = keep.shape[-1]
+    centre = (n - 1) / 2
+    depth = [abs(i - centre) for i in range(n)]
+    columns = []
+    for i in range(n):
+        group = [i, *(j for j in range(n) if j >= centre and j != i and depth[j] >= depth[i])]
+        gates = keep[..., group]
+        columns.append(gates.prod(-1) if keep.is_floating_point() else gates.all(-1))
+    return torch.stack(columns, dim=-1)
+
+
 def kept_macs_ratio(keep: torch.Tensor, block_macs: torch.Tensor, total_macs: float) -> torch.Tensor:
     """Trajectory MACs of a (possibly soft) keep schedule ``[steps, n_blocks]`` over dense trajectory MACs.
 

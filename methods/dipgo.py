@@ -5,8 +5,9 @@ few steps with the backbone frozen: the gated sampler (straight-through hard gat
 full sampler while its trajectory MACs stay at ``options.dipgo_target`` (an absolute-deviation penalty
 whose weight grows while over budget and shrinks while under). The probabilities are then thresholded
 into a static skip schedule that meets the MACs target. Adapted from the SD-1.5 code
-(haoweiz23/dip-go) to this benchmark's blocks; step 0 always runs. There is no cascade rule: a block
-whose output goes unused at a step may still run there, which refreshes its cache for later steps.
+(haoweiz23/dip-go) to this benchmark's blocks; step 0 always runs. As there, gates cascade: an
+output-side block that reuses its cache takes every deeper block with it (:func:`cascade`), so the
+search space holds DeepCache-style schedules, ``uniform-skip`` among them.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from benchmark import hookimpl
 from benchmark.api import Method, MethodContext, Pruned
-from benchmark.skipping import BlockGates, block_costs, kept_macs_ratio
+from benchmark.skipping import BlockGates, block_costs, cascade, kept_macs_ratio
 
 PRUNER_STEPS = 60
 PRUNER_BATCH = 4  # starting noises per pruner step
@@ -104,7 +105,7 @@ def train_pruner(
             references = [ctx.diffusion.denoise(model, x_T) for x_T in noises]
         with BlockGates(blocks) as gates:
             for step in tqdm(range(PRUNER_STEPS), desc="dipgo", disable=not ctx.progress):
-                rows = with_first_step(straight_through(pruner()))
+                rows = cascade(with_first_step(straight_through(pruner())))
                 out = ctx.diffusion.denoise(
                     model, noises[step % NOISE_SETS], lambda i: gates.set_step(i, list(rows[i].unbind()))
                 )
@@ -125,30 +126,36 @@ def train_pruner(
 def threshold_schedule(
     keep_prob: torch.Tensor, block_macs: torch.Tensor, total: float, target: float
 ) -> tuple[torch.Tensor, float]:
-    """Reuse the least-needed (step, block) pairs until the trajectory MACs ratio is nearest ``target``.
+    """Reuse (step, block) pairs, least needed first and cascaded, until the MACs ratio meets ``target``.
 
-    Returns the bool schedule ``[steps, n_blocks]`` and ``tau``, the largest keep-probability pruned
-    (0 when nothing is). The ratio may exceed the target by at most ``OVERSHOOT`` of it unless even
-    reusing every pair cannot get there.
+    A pair is passed over when reusing it (with its cascade) would take the trajectory MACs ratio
+    below the target by more than ``OVERSHOOT`` of it; the walk stops once the ratio is within
+    ``OVERSHOOT`` above. Returns the bool schedule ``[steps, n_blocks]`` and ``tau``, the largest
+    keep-probability reused (0 when nothing is).
     """
     flat = keep_prob.detach().flatten().cpu()
-    order = torch.argsort(flat, stable=True)
-    steps = keep_prob.shape[0] + 1
-    pair_macs = block_macs.float().repeat(steps - 1)[order]
-    dense_ratio = float(kept_macs_ratio(torch.ones(steps, len(block_macs)), block_macs, total))
-    ratios = dense_ratio - torch.cat([torch.zeros(1), pair_macs.cumsum(0)]) / (steps * total)
-    allowed = ratios <= target * (1 + OVERSHOOT)
-    distance = torch.where(allowed, (ratios - target).abs(), torch.inf)
-    n_pruned = int(distance.argmin()) if bool(allowed.any()) else len(flat)
+
+    def schedule_of(keep: torch.Tensor) -> tuple[torch.Tensor, float]:
+        schedule = cascade(with_first_step(keep.view(keep_prob.shape)))
+        return schedule, float(kept_macs_ratio(schedule, block_macs, total))
+
     keep = torch.ones(len(flat), dtype=torch.bool)
-    keep[order[:n_pruned]] = False
-    tau = float(flat[order[n_pruned - 1]]) if n_pruned else 0.0
-    return with_first_step(keep.view(keep_prob.shape)), tau
+    schedule, ratio = schedule_of(keep)
+    tau = 0.0
+    for index in torch.argsort(flat, stable=True).tolist():
+        if ratio <= target * (1 + OVERSHOOT):
+            break
+        trial = keep.clone()
+        trial[index] = False
+        trial_schedule, trial_ratio = schedule_of(trial)
+        if trial_ratio >= target * (1 - OVERSHOOT):
+            keep, schedule, ratio, tau = trial, trial_schedule, trial_ratio, float(flat[index])
+    return schedule, tau
 
 
 class DiPGO(Method):
     name = "dipgo"
-    version = "1"
+    version = "2"
     description = "DiP-GO: a learned per-step block-reuse schedule (few-step gradient search), MACs target"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:

@@ -8,6 +8,7 @@ from benchmark.api import MethodContext, NMPattern, Pruned, RunOptions
 from benchmark.diffusion import Diffusion
 from benchmark.metrics.macs import count_macs, trajectory_macs
 from benchmark.presets import get_preset
+from benchmark.skipping import cascade
 from methods.dipgo import DiPGO, PrunerNet, straight_through, threshold_schedule
 from methods.uniform_skip import UniformSkip, rings_from_centre
 
@@ -44,12 +45,16 @@ def test_straight_through_is_hard_forward_and_soft_backward():
     assert prob.grad.tolist() == [3.0, 5.0]
 
 
-def test_threshold_prunes_the_least_needed_pairs_first():
-    keep_prob = torch.tensor([[0.9, 0.1], [0.3, 0.8]])
-    block_macs = torch.tensor([50.0, 50.0])  # total 100: each pruned pair saves 50 / 300 of the trajectory
-    schedule, tau = threshold_schedule(keep_prob, block_macs, 100.0, target=0.7)
-    assert schedule.tolist() == [[True, True], [True, False], [False, True]]
-    assert tau == pytest.approx(0.3)
+def test_threshold_prunes_the_least_needed_pairs_first_with_their_cascade():
+    keep_prob = torch.tensor([[0.9, 0.9, 0.9, 0.2, 0.9], [0.9, 0.3, 0.9, 0.9, 0.9]])
+    block_macs = torch.tensor([20.0] * 5)  # total 100: each pruned pair saves 20 / 300 of the trajectory
+    # (step 1, out_blocks.0) goes first and takes mid_block and in_blocks.1 with it: 240 / 300 = 0.8
+    schedule, tau = threshold_schedule(keep_prob, block_macs, 100.0, target=0.8)
+    assert schedule.tolist() == [[True] * 5, [True, False, False, False, True], [True] * 5]
+    assert tau == pytest.approx(0.2)
+    # then (step 2, in_blocks.1), alone: 220 / 300
+    schedule, tau = threshold_schedule(keep_prob, block_macs, 100.0, target=0.74)
+    assert schedule[2].tolist() == [True, False, True, True, True] and tau == pytest.approx(0.3)
 
 
 def test_dipgo_meets_the_macs_target_and_keeps_the_masks():
@@ -62,6 +67,7 @@ def test_dipgo_meets_the_macs_target_and_keeps_the_masks():
     sparsity = result.info["loss_history"]["sparsity"]
     assert sparsity[-1] < sparsity[0]
     assert result.schedule.shape == (STEPS, 5) and bool(result.schedule[0].all())
+    assert torch.equal(cascade(result.schedule), result.schedule)
     assert abs(result.info["kept_macs_ratio"] - 0.5) <= 0.05
     assert result.info["kept_macs_ratio"] == pytest.approx(schedule_ratio(ctx, result.schedule), rel=1e-5)
     assert result.info["schedule"] == result.schedule.tolist()
@@ -84,6 +90,7 @@ def test_uniform_skip_skips_deepest_blocks_on_odd_steps_near_target():
     assert not bool(schedule[1::2].any())  # the tiny net needs every block skipped to approach 0.5
     assert abs(result.info["kept_macs_ratio"] - 0.5) <= 0.05
     assert result.info["kept_macs_ratio"] == pytest.approx(schedule_ratio(ctx, schedule), rel=1e-5)
+    assert torch.equal(cascade(schedule), schedule)  # DiP-GO's search space holds it
 
     mid_only = UniformSkip().apply(make_context(target=0.9), Pruned(model=ctx.teacher))
     assert mid_only.info["skipped_blocks"] == ["mid_block"]

@@ -7,7 +7,7 @@ from torch import nn
 
 from benchmark.api import Backbone
 from benchmark.diffusion import Diffusion
-from benchmark.skipping import BlockGates, kept_macs_ratio, scheduled
+from benchmark.skipping import BlockGates, cascade, kept_macs_ratio, scheduled
 
 STEPS = 6
 IMAGE = (1, 8, 8)
@@ -200,6 +200,21 @@ class UNetEps(nn.Module):
 
     def forward(self, x, t):
         return self.unet(x, t).sample
+
+
+def test_cascade_takes_every_deeper_block_with_a_reusing_output_side_block():
+    def off(*indices, n=5):
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[list(indices)] = False
+        return cascade(keep).tolist()
+
+    assert off(3) == [True, False, False, False, True]  # out_blocks.0 reuses: mid and in_blocks.1 are unused
+    assert off(4) == [False] * 5  # the outermost output block reuses: nothing else is needed
+    assert off(2) == [True, True, False, True, True]  # the middle alone
+    assert off(1) == [True, False, True, True, True]  # an input-side block takes nothing with it
+    assert off(2, n=4) == [True, False, False, True]  # no middle block: 2 pairs with 1
+    soft = cascade(torch.tensor([[0.5, 0.9, 0.8, 0.7, 0.6]]))
+    torch.testing.assert_close(soft, torch.tensor([[0.5 * 0.6, 0.9 * 0.7 * 0.6, 0.8 * 0.7 * 0.6, 0.7 * 0.6, 0.6]]))
 
 
 def test_diffusers_unet_blocks_can_be_skipped():
