@@ -115,6 +115,12 @@ def scheduled(
         yield on_step
 
 
+def depths(n_blocks: int) -> list[float]:
+    """Each block's distance from the middle of a U-shaped block list (0 for a middle block)."""
+    centre = (n_blocks - 1) / 2
+    return [abs(i - centre) for i in range(n_blocks)]
+
+
 def cascade(keep: torch.Tensor) -> torch.Tensor:
     """Keep gates ``[..., n_blocks]`` of a U-shaped block list after DiP-GO's cascade rule.
 
@@ -124,11 +130,10 @@ def cascade(keep: torch.Tensor) -> torch.Tensor:
     blocks at its depth or shallower are on. Bool gates give bool, soft gates their product.
     """
     n = keep.shape[-1]
-    centre = (n - 1) / 2
-    depth = [abs(i - centre) for i in range(n)]
+    depth = depths(n)
     columns = []
     for i in range(n):
-        group = [i, *(j for j in range(n) if j >= centre and j != i and depth[j] >= depth[i])]
+        group = [i, *(j for j in range(n) if j >= (n - 1) / 2 and j != i and depth[j] >= depth[i])]
         gates = keep[..., group]
         columns.append(gates.prod(-1) if keep.is_floating_point() else gates.all(-1))
     return torch.stack(columns, dim=-1)

@@ -11,15 +11,15 @@ import torch
 
 from benchmark import hookimpl
 from benchmark.api import Method, MethodContext, Pruned
-from benchmark.skipping import block_costs, kept_macs_ratio
+from benchmark.skipping import block_costs, depths, kept_macs_ratio
 
 
 def rings_from_centre(n_blocks: int) -> list[list[int]]:
     """Block indices grouped by distance from the centre of a U-shaped block list, innermost first."""
-    centre = (n_blocks - 1) / 2
+    depth = depths(n_blocks)
     rings: dict[float, list[int]] = {}
-    for index in sorted(range(n_blocks), key=lambda i: abs(i - centre)):
-        rings.setdefault(abs(index - centre), []).append(index)
+    for index in sorted(range(n_blocks), key=lambda i: depth[i]):
+        rings.setdefault(depth[index], []).append(index)
     return list(rings.values())
 
 
