@@ -212,6 +212,7 @@ class UViTBackbone(Backbone):
     name = "uvit"
     version = "1"
     description = "U-ViT with official module names (cifar10: U-ViT-S/2, 44.3M params; tiny: 0.38M)"
+    time_enters_every_block = False  # the time step is a token, concatenated before in_blocks.0
 
     def build(self, preset: Preset) -> UViT:
         if preset.name not in CONFIGS:

@@ -86,6 +86,10 @@ class Backbone(abc.ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     description: ClassVar[str] = ""
+    time_enters_every_block: ClassVar[bool] = True
+    """False when the time step reaches the blocks only through the first block's input (U-ViT's
+    time token). A block that reuses its cache then leaves every deeper block on both sides with the
+    previous step's inputs, so skip schedules reuse those too (:func:`benchmark.skipping.cascade`)."""
 
     @abc.abstractmethod
     def build(self, preset: "Preset") -> nn.Module:

@@ -121,20 +121,23 @@ def depths(n_blocks: int) -> list[float]:
     return [abs(i - centre) for i in range(n_blocks)]
 
 
-def cascade(keep: torch.Tensor) -> torch.Tensor:
+def cascade(keep: torch.Tensor, both_sides: bool = False) -> torch.Tensor:
     """Keep gates ``[..., n_blocks]`` of a U-shaped block list after DiP-GO's cascade rule.
 
     Blocks ``i`` and ``n - 1 - i`` sit at the same depth. When a block on the output side (the
     middle included) reuses its cache, every block at least as deep reuses too: their outputs
     would only feed it. So block ``i`` runs where its own gate and those of all output-side
-    blocks at its depth or shallower are on. Bool gates give bool, soft gates their product.
+    blocks at its depth or shallower are on. With ``both_sides`` (a backbone whose time step
+    enters only through the first block) input-side blocks cascade alike: the deeper blocks would
+    recompute the previous step's outputs from the previous step's inputs. Bool gates give bool,
+    soft gates their product.
     """
     n = keep.shape[-1]
     depth = depths(n)
     columns = []
     for i in range(n):
-        group = [i, *(j for j in range(n) if j >= (n - 1) / 2 and j != i and depth[j] >= depth[i])]
-        gates = keep[..., group]
+        cascading = (j for j in range(n) if j != i and depth[j] >= depth[i] and (both_sides or j >= (n - 1) / 2))
+        gates = keep[..., [i, *cascading]]
         columns.append(gates.prod(-1) if keep.is_floating_point() else gates.all(-1))
     return torch.stack(columns, dim=-1)
 

@@ -7,7 +7,8 @@ whose weight grows while over budget and shrinks while under). The probabilities
 into a static skip schedule that meets the MACs target. Adapted from the SD-1.5 code
 (haoweiz23/dip-go) to this benchmark's blocks; step 0 always runs. As there, gates cascade: an
 output-side block that reuses its cache takes every deeper block with it (:func:`cascade`), so the
-search space holds DeepCache-style schedules, ``uniform-skip`` among them.
+search space holds DeepCache-style schedules, ``uniform-skip`` among them. On a backbone whose
+time step enters only through the first block (U-ViT), input-side blocks cascade too.
 """
 from __future__ import annotations
 
@@ -89,6 +90,7 @@ def train_pruner(
 ) -> tuple[PrunerNet, dict[str, list[float]]]:
     """Optimise a :class:`PrunerNet` for ``model``; returns it with its loss history."""
     steps, target = ctx.diffusion.sample_steps, ctx.options.dipgo_target
+    both_sides = not ctx.backbone.time_enters_every_block
     generator = torch.Generator().manual_seed(ctx.seed)
     noises = [
         torch.randn((PRUNER_BATCH, *ctx.diffusion.image_shape), generator=generator).to(ctx.device)
@@ -105,7 +107,7 @@ def train_pruner(
             references = [ctx.diffusion.denoise(model, x_T) for x_T in noises]
         with BlockGates(blocks) as gates:
             for step in tqdm(range(PRUNER_STEPS), desc="dipgo", disable=not ctx.progress):
-                rows = cascade(with_first_step(straight_through(pruner())))
+                rows = cascade(with_first_step(straight_through(pruner())), both_sides)
                 out = ctx.diffusion.denoise(
                     model, noises[step % NOISE_SETS], lambda i: gates.set_step(i, list(rows[i].unbind()))
                 )
@@ -124,19 +126,19 @@ def train_pruner(
 
 
 def threshold_schedule(
-    keep_prob: torch.Tensor, block_macs: torch.Tensor, total: float, target: float
+    keep_prob: torch.Tensor, block_macs: torch.Tensor, total: float, target: float, both_sides: bool = False
 ) -> tuple[torch.Tensor, float]:
     """Reuse (step, block) pairs, least needed first and cascaded, until the MACs ratio meets ``target``.
 
     A pair is passed over when reusing it (with its cascade) would take the trajectory MACs ratio
     below the target by more than ``OVERSHOOT`` of it; the walk stops once the ratio is within
-    ``OVERSHOOT`` above. Returns the bool schedule ``[steps, n_blocks]`` and ``tau``, the largest
-    keep-probability reused (0 when nothing is).
+    ``OVERSHOOT`` above; ``both_sides`` is :func:`cascade`'s. Returns the bool schedule
+    ``[steps, n_blocks]`` and ``tau``, the largest keep-probability reused (0 when nothing is).
     """
     flat = keep_prob.detach().flatten().cpu()
 
     def schedule_of(keep: torch.Tensor) -> tuple[torch.Tensor, float]:
-        schedule = cascade(with_first_step(keep.view(keep_prob.shape)))
+        schedule = cascade(with_first_step(keep.view(keep_prob.shape)), both_sides)
         return schedule, float(kept_macs_ratio(schedule, block_macs, total))
 
     keep = torch.ones(len(flat), dtype=torch.bool)
@@ -155,7 +157,7 @@ def threshold_schedule(
 
 class DiPGO(Method):
     name = "dipgo"
-    version = "2"
+    version = "3"
     description = "DiP-GO: a learned per-step block-reuse schedule (few-step gradient search), MACs target"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
@@ -165,7 +167,8 @@ class DiPGO(Method):
         pruner, history = train_pruner(ctx, state.model, blocks, block_macs, total)
         with torch.no_grad():
             keep_prob = pruner().cpu()
-        schedule, tau = threshold_schedule(keep_prob, block_macs, total, ctx.options.dipgo_target)
+        both_sides = not ctx.backbone.time_enters_every_block
+        schedule, tau = threshold_schedule(keep_prob, block_macs, total, ctx.options.dipgo_target, both_sides)
         info = {
             "pruner_steps": PRUNER_STEPS,
             "pruner_batch": PRUNER_BATCH,

@@ -17,6 +17,7 @@ from benchmark import PROJECT, hookspecs
 from benchmark.api import Backbone, BenchmarkError, CheckpointMismatchError
 from benchmark.plugins import build_registries
 from benchmark.presets import get_preset
+from benchmark.skipping import BlockGates
 
 TINY, CIFAR10 = get_preset("tiny"), get_preset("cifar10")
 
@@ -311,6 +312,23 @@ def test_blocks_are_listed_in_execution_order(backbones, name):
     model(*backbone.example_inputs(TINY))
     assert len(blocks) == 7
     assert called == [n for n, _ in blocks]
+
+
+@pytest.mark.parametrize("name", ["uvit", "ddpm"])
+def test_time_enters_every_block_tells_whether_reusing_the_first_block_freezes_the_rest(backbones, name):
+    """Step 1 reuses in_blocks.0 and runs the rest; it matches reusing everything iff time enters only there."""
+    backbone = backbones[name]
+    model = backbone.build(TINY).eval()
+    (x0, _), x1 = backbone.example_inputs(TINY, batch=2), torch.randn(2, TINY.channels, TINY.image_size, TINY.image_size)
+    n = len(backbone.blocks(model))
+    outs = []
+    with torch.no_grad(), BlockGates(backbone.blocks(model)) as gates:
+        for step1_gates in ([False] + [True] * (n - 1), [False] * n):
+            gates.set_step(0, [True] * n)
+            model(x0, torch.tensor([900, 900]))
+            gates.set_step(1, step1_gates)
+            outs.append(model(x1, torch.tensor([850, 850])))
+    assert torch.equal(*outs) == (not backbone.time_enters_every_block)
 
 
 @pytest.mark.parametrize("name", ["uvit", "ddpm"])

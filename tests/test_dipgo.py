@@ -55,6 +55,9 @@ def test_threshold_prunes_the_least_needed_pairs_first_with_their_cascade():
     # then (step 2, in_blocks.1), alone: 220 / 300
     schedule, tau = threshold_schedule(keep_prob, block_macs, 100.0, target=0.74)
     assert schedule[2].tolist() == [True, False, True, True, True] and tau == pytest.approx(0.3)
+    # where time enters only through the first block, (step 2, in_blocks.1) takes mid and out_blocks.0 too
+    schedule, _ = threshold_schedule(keep_prob[:, [0, 1, 2, 4, 4]], block_macs, 100.0, target=0.8, both_sides=True)
+    assert schedule.tolist() == [[True] * 5, [True] * 5, [True, False, False, False, True]]
 
 
 def test_dipgo_meets_the_macs_target_and_keeps_the_masks():

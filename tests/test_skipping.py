@@ -217,6 +217,20 @@ def test_cascade_takes_every_deeper_block_with_a_reusing_output_side_block():
     torch.testing.assert_close(soft, torch.tensor([[0.5 * 0.6, 0.9 * 0.7 * 0.6, 0.8 * 0.7 * 0.6, 0.7 * 0.6, 0.6]]))
 
 
+def test_cascade_on_both_sides_takes_every_deeper_block_with_any_reusing_block():
+    def off(*indices, n=5):
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[list(indices)] = False
+        return cascade(keep, both_sides=True).tolist()
+
+    assert off(1) == [True, False, False, False, True]  # in_blocks.1 reuses: mid and out_blocks.0 see stale inputs
+    assert off(0) == [False] * 5
+    assert off(3) == [True, False, False, False, True]  # the output side cascades as before
+    assert off(2) == [True, True, False, True, True]
+    soft = cascade(torch.tensor([[0.5, 0.9, 0.8, 0.7, 0.6]]), both_sides=True)
+    torch.testing.assert_close(soft[0, 1], torch.tensor(0.9 * 0.5 * 0.7 * 0.6))
+
+
 def test_diffusers_unet_blocks_can_be_skipped():
     model = UNetEps().eval()
     unet = model.unet
