@@ -86,11 +86,18 @@ def frozen(model: nn.Module) -> Iterator[None]:
 
 
 def train_pruner(
-    ctx: MethodContext, model: nn.Module, blocks: list[tuple[str, nn.Module]], block_macs: torch.Tensor, total: float
+    ctx: MethodContext,
+    model: nn.Module,
+    blocks: list[tuple[str, nn.Module]],
+    block_macs: torch.Tensor,
+    total: float,
+    both_sides: bool = False,
 ) -> tuple[PrunerNet, dict[str, list[float]]]:
-    """Optimise a :class:`PrunerNet` for ``model``; returns it with its loss history."""
+    """Optimise a :class:`PrunerNet` for ``model``; returns it with its loss history.
+
+    ``both_sides`` is :func:`cascade`'s.
+    """
     steps, target = ctx.diffusion.sample_steps, ctx.options.dipgo_target
-    both_sides = not ctx.backbone.time_enters_every_block
     generator = torch.Generator().manual_seed(ctx.seed)
     noises = [
         torch.randn((PRUNER_BATCH, *ctx.diffusion.image_shape), generator=generator).to(ctx.device)
@@ -164,10 +171,10 @@ class DiPGO(Method):
         blocks = ctx.backbone.blocks(state.model)
         block_macs, total = block_costs(ctx, [name for name, _ in blocks])
         started = time.perf_counter()
-        pruner, history = train_pruner(ctx, state.model, blocks, block_macs, total)
+        both_sides = not ctx.backbone.time_enters_every_block
+        pruner, history = train_pruner(ctx, state.model, blocks, block_macs, total, both_sides)
         with torch.no_grad():
             keep_prob = pruner().cpu()
-        both_sides = not ctx.backbone.time_enters_every_block
         schedule, tau = threshold_schedule(keep_prob, block_macs, total, ctx.options.dipgo_target, both_sides)
         info = {
             "pruner_steps": PRUNER_STEPS,

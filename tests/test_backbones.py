@@ -320,9 +320,10 @@ def test_time_enters_every_block_tells_whether_reusing_the_first_block_freezes_t
     backbone = backbones[name]
     model = backbone.build(TINY).eval()
     (x0, _), x1 = backbone.example_inputs(TINY, batch=2), torch.randn(2, TINY.channels, TINY.image_size, TINY.image_size)
-    n = len(backbone.blocks(model))
+    blocks = backbone.blocks(model)
+    n = len(blocks)
     outs = []
-    with torch.no_grad(), BlockGates(backbone.blocks(model)) as gates:
+    with torch.no_grad(), BlockGates(blocks) as gates:
         for step1_gates in ([False] + [True] * (n - 1), [False] * n):
             gates.set_step(0, [True] * n)
             model(x0, torch.tensor([900, 900]))

@@ -202,12 +202,14 @@ class UNetEps(nn.Module):
         return self.unet(x, t).sample
 
 
-def test_cascade_takes_every_deeper_block_with_a_reusing_output_side_block():
-    def off(*indices, n=5):
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[list(indices)] = False
-        return cascade(keep).tolist()
+def off(*indices: int, n: int = 5, both_sides: bool = False) -> list[bool]:
+    """The cascaded keep row of ``n`` blocks whose ``indices`` reuse."""
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[list(indices)] = False
+    return cascade(keep, both_sides).tolist()
 
+
+def test_cascade_takes_every_deeper_block_with_a_reusing_output_side_block():
     assert off(3) == [True, False, False, False, True]  # out_blocks.0 reuses: mid and in_blocks.1 are unused
     assert off(4) == [False] * 5  # the outermost output block reuses: nothing else is needed
     assert off(2) == [True, True, False, True, True]  # the middle alone
@@ -218,15 +220,11 @@ def test_cascade_takes_every_deeper_block_with_a_reusing_output_side_block():
 
 
 def test_cascade_on_both_sides_takes_every_deeper_block_with_any_reusing_block():
-    def off(*indices, n=5):
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[list(indices)] = False
-        return cascade(keep, both_sides=True).tolist()
-
-    assert off(1) == [True, False, False, False, True]  # in_blocks.1 reuses: mid and out_blocks.0 see stale inputs
-    assert off(0) == [False] * 5
-    assert off(3) == [True, False, False, False, True]  # the output side cascades as before
-    assert off(2) == [True, True, False, True, True]
+    # in_blocks.1 reuses: mid and out_blocks.0 see stale inputs
+    assert off(1, both_sides=True) == [True, False, False, False, True]
+    assert off(0, both_sides=True) == [False] * 5
+    assert off(3, both_sides=True) == [True, False, False, False, True]  # the output side cascades as before
+    assert off(2, both_sides=True) == [True, True, False, True, True]
     soft = cascade(torch.tensor([[0.5, 0.9, 0.8, 0.7, 0.6]]), both_sides=True)
     torch.testing.assert_close(soft[0, 1], torch.tensor(0.9 * 0.5 * 0.7 * 0.6))
 

@@ -48,8 +48,9 @@ def main(cell_dir: str) -> None:
     x_T = torch.randn((64, *diffusion.image_shape), generator=torch.Generator().manual_seed(123))
     print(f"| backbone | method | kept MACs | MSE to the full sampler | FID@{FID_SAMPLES} | FID@{FID_SAMPLES} to dense samples |")
     print("|---|---|---|---|---|---|")
+    backbones = build_registries().backbones
     for name in ("ddpm", "uvit"):
-        backbone = build_registries().backbones.get(name)
+        backbone = backbones.get(name)
         model = load_dense(backbone, preset, RunOptions(), "cpu", progress=False)
         blocks = backbone.blocks(model)
 
