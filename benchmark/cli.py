@@ -6,6 +6,7 @@ Mistakes in the input (unknown names, malformed values, unwritable paths, missin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fid-samples", type=positive_int, metavar="N", help="images per FID (default: the preset's)")
     run.add_argument("--train-steps", type=positive_int, metavar="N",
                      help="training steps per method (default: the preset's)")
+    run.add_argument("--sample-steps", type=positive_int, metavar="N",
+                     help="DDIM steps per image, for FID, latency and block schedules (default: the preset's)")
     run.add_argument("--checkpoint", action="append", default=[], metavar="BACKBONE=PATH",
                      help="dense starting checkpoint for a backbone (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
@@ -180,6 +183,11 @@ def run_command(args: argparse.Namespace) -> int:
 
     registries = build_registries()
     preset = get_preset(args.preset)
+    if args.sample_steps:
+        from benchmark.diffusion import Diffusion
+
+        preset = dataclasses.replace(preset, sample_steps=args.sample_steps)
+        Diffusion.for_preset(preset)  # a BenchmarkError naming the allowed range, before any cell runs
     methods = expand_methods(registries.methods, args.methods)
     backbones = registries.backbones.select(args.backbones)
     options = RunOptions(

@@ -1,17 +1,21 @@
 """The command line: `list`, help text, and one `error: ...` line with exit code 2 for every input mistake."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from benchmark import harness
 from benchmark.cli import main
 from benchmark.plugins import DISABLE_AUTOLOAD_ENV
+from benchmark.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = ["uvit", "ddpm", "dense", "dense-ft", "asp", "ste", "progressive", "sparsedm", "dipgo", "uniform-skip"]
@@ -68,6 +72,8 @@ INPUT_ERRORS = [
     (["run", "--train-steps", "0"], r"--train-steps: must be a positive integer, got 0"),
     (["run", "--fid-samples", "-5"], r"--fid-samples: must be a positive integer, got -5"),
     (["run", "--fid-samples", "many"], r"--fid-samples: expected an integer, got 'many'"),
+    (["run", "--sample-steps", "0"], r"--sample-steps: must be a positive integer, got 0"),
+    (["run", "--sample-steps", "5000"], r"sample_steps must be between 1 and 1000, got 5000"),
     (["run", "--preset", "imagenet"], r"--preset: invalid choice: 'imagenet'"),
     (["run", "--dipgo-target", "1.5"], r"--dipgo-target: must be a fraction in \(0, 1\]"),
     (["run", "--seed", "-1"], r"--seed: must be an integer in \[0, 2\*\*32\)"),
@@ -89,6 +95,22 @@ def test_input_errors_are_one_line(capsys, argv, pattern):
     assert out == ""
     [line] = err.splitlines()
     assert line.startswith("error: ") and re.search(pattern, line), line
+
+
+def test_sample_steps_replaces_only_that_field_of_the_preset(capsys, monkeypatch, tmp_path):
+    """The override is part of the preset, so it enters every cell's config hash; without it nothing changes."""
+    seen = []
+
+    def run_grid(registries, methods, backbones, preset, *args, **kwargs):
+        seen.append(preset)
+        return SimpleNamespace(ok=[], failed=[], skipped=[])
+
+    monkeypatch.setattr(harness, "run_grid", run_grid)
+    argv = ["run", "--methods", "dense", "--out", str(tmp_path), "--quiet"]
+    assert run_main(capsys, *argv, "--sample-steps", "50")[0] == 0
+    assert run_main(capsys, *argv)[0] == 0
+    tiny = PRESETS["tiny"]
+    assert seen == [dataclasses.replace(tiny, sample_steps=50), tiny] and tiny.sample_steps != 50
 
 
 def test_unwritable_out_dir(capsys, tmp_path):
