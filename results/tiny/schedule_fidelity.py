@@ -9,15 +9,17 @@ For the published ``uniform-skip`` and ``dipgo`` cells of each tiny backbone:
 - FID@1024 against the dense model's own 1024 samples from the same noise: how far the schedule
   moves the *distribution* of the full sampler, whatever the data say.
 
-Two diagnostic rows per backbone swap the last ``TAIL`` sampling steps between the two schedules,
-to show how much of the difference those steps carry.
+Two diagnostic rows per backbone swap the last ``--swap-tail`` sampling steps (default 3; 0: none)
+between the two schedules, to show how much of the difference those steps carry. The preset,
+including the DDIM step count, is the one recorded in the cells.
 
-Usage, from the repository root (about 10 minutes on 2 CPU cores):
+Usage, from the repository root (about 10 minutes on 2 CPU cores for the 20-step grid):
 
     python results/tiny/schedule_fidelity.py results/tiny/cells
+    python results/tiny/schedule_fidelity.py results/tiny-ddim50/cells --swap-tail 0
 """
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -31,17 +33,16 @@ from benchmark.metrics import fid
 from benchmark.metrics.fid import FIDScorer
 from benchmark.metrics.macs import block_macs, count_macs
 from benchmark.plugins import build_registries
-from benchmark.presets import get_preset
+from benchmark.presets import Preset
 from benchmark.skipping import kept_macs_ratio, scheduled
 
 SCHEDULE_METHODS = ("uniform-skip", "dipgo")
 FID_SAMPLES = 1024
 FID_SEED = 0  # the harness's default seed: the leaderboard's samples are the first 256 of these
-TAIL = 3
 
 
-def main(cell_dir: str) -> None:
-    preset = get_preset("tiny")
+def main(cell_dir: Path, tail: int) -> None:
+    preset = Preset(**json.loads((cell_dir / f"ddpm__{SCHEDULE_METHODS[0]}.json").read_text())["config"]["preset"])
     diffusion = Diffusion.for_preset(preset)
     scorer = FIDScorer("cpu", progress=False)
     real = fid.reference_stats(preset.dataset, FID_SAMPLES, lambda: load_dataset(preset.dataset), scorer)
@@ -77,22 +78,28 @@ def main(cell_dir: str) -> None:
 
         schedules = {}
         for method in SCHEDULE_METHODS:
-            cell = json.loads((Path(cell_dir) / f"{name}__{method}.json").read_text())
+            cell = json.loads((cell_dir / f"{name}__{method}.json").read_text())
+            if Preset(**cell["config"]["preset"]) != preset:
+                raise SystemExit(f"{name}/{method} ran under another preset than ddpm/{SCHEDULE_METHODS[0]}")
             info = cell["info"][method]
             label = f"{method} v{cell['config']['method_versions'][method]}"
             schedules[label] = torch.tensor(info["schedule"])
             report(label, schedules[label], info["kept_macs_ratio"])
+        if not tail:
+            continue
         macs = count_macs(model, backbone.example_inputs(preset))
         costs = torch.tensor(block_macs(macs, [block for block, _ in blocks]), dtype=torch.float32)
         (first, a), (second, b) = schedules.items()
         for label, schedule in (
-            (f"{second}, last {TAIL} steps of {first}", torch.cat([b[:-TAIL], a[-TAIL:]])),
-            (f"{first}, last {TAIL} steps of {second}", torch.cat([a[:-TAIL], b[-TAIL:]])),
+            (f"{second}, last {tail} steps of {first}", torch.cat([b[:-tail], a[-tail:]])),
+            (f"{first}, last {tail} steps of {second}", torch.cat([a[:-tail], b[-tail:]])),
         ):
             report(label, schedule, float(kept_macs_ratio(schedule, costs, float(macs.total))))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: python {sys.argv[0]} CELL_DIR")
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cell_dir", type=Path)
+    parser.add_argument("--swap-tail", type=int, default=3, metavar="N", help="steps swapped in the diagnostic rows")
+    args = parser.parse_args()
+    main(args.cell_dir, args.swap_tail)
