@@ -36,13 +36,27 @@ from benchmark.plugins import build_registries
 from benchmark.presets import Preset
 from benchmark.skipping import kept_macs_ratio, scheduled
 
+BACKBONES = ("ddpm", "uvit")
 SCHEDULE_METHODS = ("uniform-skip", "dipgo")
 FID_SAMPLES = 1024
 FID_SEED = 0  # the harness's default seed: the leaderboard's samples are the first 256 of these
 
 
+def read_cells(cell_dir: Path) -> tuple[dict[tuple[str, str], dict], Preset]:
+    """The schedule cells by ``(backbone, method)``, and the one preset they all ran under."""
+    cells = {
+        (name, method): json.loads((cell_dir / f"{name}__{method}.json").read_text())
+        for name in BACKBONES
+        for method in SCHEDULE_METHODS
+    }
+    presets = {Preset(**cell["config"]["preset"]) for cell in cells.values()}
+    if len(presets) != 1:
+        raise SystemExit(f"the cells in {cell_dir} ran under {len(presets)} different presets")
+    return cells, presets.pop()
+
+
 def main(cell_dir: Path, tail: int) -> None:
-    preset = Preset(**json.loads((cell_dir / f"ddpm__{SCHEDULE_METHODS[0]}.json").read_text())["config"]["preset"])
+    cells, preset = read_cells(cell_dir)
     diffusion = Diffusion.for_preset(preset)
     scorer = FIDScorer("cpu", progress=False)
     real = fid.reference_stats(preset.dataset, FID_SAMPLES, lambda: load_dataset(preset.dataset), scorer)
@@ -50,7 +64,7 @@ def main(cell_dir: Path, tail: int) -> None:
     print(f"| backbone | method | kept MACs | MSE to the full sampler | FID@{FID_SAMPLES} | FID@{FID_SAMPLES} to dense samples |")
     print("|---|---|---|---|---|---|")
     backbones = build_registries().backbones
-    for name in ("ddpm", "uvit"):
+    for name in BACKBONES:
         backbone = backbones.get(name)
         model = load_dense(backbone, preset, RunOptions(), "cpu", progress=False)
         blocks = backbone.blocks(model)
@@ -78,9 +92,7 @@ def main(cell_dir: Path, tail: int) -> None:
 
         schedules = {}
         for method in SCHEDULE_METHODS:
-            cell = json.loads((cell_dir / f"{name}__{method}.json").read_text())
-            if Preset(**cell["config"]["preset"]) != preset:
-                raise SystemExit(f"{name}/{method} ran under another preset than ddpm/{SCHEDULE_METHODS[0]}")
+            cell = cells[name, method]
             info = cell["info"][method]
             label = f"{method} v{cell['config']['method_versions'][method]}"
             schedules[label] = torch.tensor(info["schedule"])
