@@ -46,7 +46,7 @@ from benchmark.results import (
 
 if TYPE_CHECKING:
     from benchmark.diffusion import Diffusion
-    from benchmark.metrics.fid import FIDScorer
+    from benchmark.metrics.fid import FIDScorer, Stats
     from benchmark.plugins import Registries
 
 CHAIN_SEPARATOR = "+"
@@ -113,13 +113,17 @@ def device_name(device: torch.device) -> str:
     return f"{device.type} ({platform.processor() or platform.machine()})"
 
 
-def compute_fid(samples: torch.Tensor, preset: Preset, scorer: FIDScorer) -> float:
-    """FID of ``samples`` (in [-1, 1]) against as many real images of the preset's dataset (cached stats)."""
+def image_stats(images: torch.Tensor, scorer: FIDScorer) -> Stats:
+    """FID statistics (Inception pool3 mean and covariance) of generated images in [-1, 1]."""
+    return scorer.stats(images)
+
+
+def data_stats(preset: Preset, n: int, scorer: FIDScorer) -> Stats:
+    """FID statistics of ``n`` real images of the preset's dataset (cached on disk)."""
     from benchmark.data import load_dataset
     from benchmark.metrics import fid
 
-    reference = fid.reference_stats(preset.dataset, len(samples), lambda: load_dataset(preset.dataset), scorer)
-    return fid.frechet_distance(*scorer.stats(samples), *reference)
+    return fid.reference_stats(preset.dataset, n, lambda: load_dataset(preset.dataset), scorer)
 
 
 def run_grid(
@@ -201,6 +205,7 @@ class _Grid:
         self.store = CellStore(out_dir)
         self.dense: dict[str, tuple[nn.Module, float] | BaseException] = {}
         self._fid_scorer: FIDScorer | None = None
+        self._dense_stats: dict[str, Stats] = {}  # FID statistics of each backbone's dense samples
         self._checkpoint_ids: dict[str, str] = {}
 
     @property
@@ -441,21 +446,47 @@ class _Grid:
     def _quality(
         self, backbone: Backbone, method: str, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor | None
     ) -> dict[str, Any]:
-        """Sample ``fid_samples`` images with the cell's schedule, save a grid and score FID."""
+        """Sample ``fid_samples`` images with the cell's schedule, save a grid and score FID.
+
+        ``fid`` is against real images; ``fid_to_dense`` against the dense model's samples from the
+        same noise, i.e. how far the method moves the dense sampler's distribution (0 for ``dense``).
+        """
         from benchmark import plots
-        from benchmark.skipping import scheduled
+        from benchmark.metrics.fid import frechet_distance
 
         n = self.options.fid_samples or self.preset.fid_samples
-        generator = torch.Generator().manual_seed(self.seed)
-        with scheduled(model, backbone.blocks(model), schedule) as on_step:
-            samples = diffusion.sample(model, n, self.preset.sample_batch, generator, on_step, self.progress)
+        samples = self._samples(backbone, model, diffusion, schedule, n)
         plots.save_grid(samples[:GRID_IMAGES], self.out_dir / "samples" / f"{cell_stem(backbone.name, method)}.png")
+        stats = image_stats(samples, self.fid_scorer)
+        if method == REFERENCE_METHOD:
+            self._dense_stats[backbone.name] = stats
         return {
-            "fid": compute_fid(samples, self.preset, self.fid_scorer),
+            "fid": frechet_distance(*stats, *data_stats(self.preset, n, self.fid_scorer)),
+            "fid_to_dense": 0.0 if method == REFERENCE_METHOD else self._fid_to_dense(backbone, diffusion, stats, n),
             "fid_samples": n,
             "sample_steps": diffusion.sample_steps,
             "sampler": "ddim (eta=0)",
         }
+
+    def _fid_to_dense(self, backbone: Backbone, diffusion: Diffusion, stats: Stats, n: int) -> float:
+        """FID between ``stats`` and the dense samples, drawn again if the dense cell did not run in this run."""
+        from benchmark.metrics.fid import frechet_distance
+
+        if backbone.name not in self._dense_stats:
+            dense, _ = self.dense[backbone.name]  # loaded: this backbone has a cell to compute
+            samples = self._samples(backbone, dense, diffusion, None, n)
+            self._dense_stats[backbone.name] = image_stats(samples, self.fid_scorer)
+        return frechet_distance(*stats, *self._dense_stats[backbone.name])
+
+    def _samples(
+        self, backbone: Backbone, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor | None, n: int
+    ) -> torch.Tensor:
+        """``n`` samples from the run's seeded noise, the same for every cell."""
+        from benchmark.skipping import scheduled
+
+        generator = torch.Generator().manual_seed(self.seed)
+        with scheduled(model, backbone.blocks(model), schedule) as on_step:
+            return diffusion.sample(model, n, self.preset.sample_batch, generator, on_step, self.progress)
 
     def _inputs(self, backbone: Backbone, batch: int) -> tuple[torch.Tensor, ...]:
         return tuple(x.to(self.device) for x in backbone.example_inputs(self.preset, batch))

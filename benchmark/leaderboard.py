@@ -15,14 +15,14 @@ from benchmark.api import BenchmarkError
 from benchmark.results import REFERENCE_METHOD, SCHEMA_VERSION, CellStore, now_iso
 
 COLUMNS = [
-    "backbone", "method", "status", "fid", "params_m", "macs_g", "sparse_macs_g", "latency_ms",
+    "backbone", "method", "status", "fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms",
     "sparse_latency_ms", "speedup", "sparsity", "train_steps", "seed", "sample_steps", "fid_samples", "error",
 ]
 INTEGER_COLUMNS = ["train_steps", "seed", "sample_steps", "fid_samples"]
-LOWER_IS_BETTER = ["fid", "params_m", "macs_g", "sparse_macs_g", "latency_ms", "sparse_latency_ms"]
+LOWER_IS_BETTER = ["fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms", "sparse_latency_ms"]
 HIGHER_IS_BETTER = ["speedup"]
 FORMATS = ("md", "csv", "json")
-_DECIMALS = {"fid": 2, "speedup": 2, "sparsity": 3}
+_DECIMALS = {"fid": 2, "fid_to_dense": 2, "speedup": 2, "sparsity": 3}
 _ERROR_WIDTH = 60
 
 
@@ -86,11 +86,11 @@ def write_leaderboard(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
 def _markdown(df: pd.DataFrame) -> str:
     table = df.copy()
     fid_samples = table.loc[table["status"] == "ok", "fid_samples"].dropna().unique()
-    fid_header = f"fid@{fid_samples[0]}" if len(fid_samples) == 1 else "fid"
+    at = f"@{fid_samples[0]}" if len(fid_samples) == 1 else ""
     shown = [c for c in COLUMNS if not (c == "fid_samples" and len(fid_samples) == 1)]
     if (table["status"] == "ok").all():
         shown.remove("error")
-    headers = [_header(c, fid_header) for c in shown]
+    headers = [_header(c, at) for c in shown]
     rows = []
     previous_backbone = None
     for record in table[shown].to_dict("records"):
@@ -109,8 +109,9 @@ def _markdown(df: pd.DataFrame) -> str:
     )
 
 
-def _header(column: str, fid_header: str) -> str:
-    name = fid_header if column == "fid" else column
+def _header(column: str, at: str) -> str:
+    """The column's name, with the shared FID sample count (``at``, e.g. ``@256``) on the FID columns."""
+    name = column + at if column.startswith("fid") and column != "fid_samples" else column
     if column in LOWER_IS_BETTER:
         return f"{name} ↓"
     if column in HIGHER_IS_BETTER:

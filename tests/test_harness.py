@@ -1,8 +1,8 @@
 """The grid runner on a tiny fake backbone with fake (and two real) methods.
 
 To stay fast these tests replace two things: the dense checkpoint is a freshly seeded fake network
-(no dense training), and ``harness.compute_fid`` is a cheap deterministic stand-in (mean pixel
-value of the samples) instead of Inception features. Everything else is the real pipeline:
+(no dense training), and FID statistics are taken of raw pixels instead of Inception features
+(``harness.image_stats``; the "real data" are seeded uniform noise). Everything else is the real pipeline:
 training, N:M validation, MACs, latency, sampling, cell files and the leaderboard.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from benchmark.cli import main
 from benchmark.plugins import Registries
 from benchmark.presets import PRESETS, Preset
 from benchmark.registry import Registry
+from benchmark.metrics import fid
 from benchmark.metrics.latency import NA_CUDA
 from benchmark.results import CellStore
 from methods.asp import ASP
@@ -107,6 +108,15 @@ FAKES = {
 }
 
 
+def pixel_stats(images, scorer):
+    return fid.feature_stats(images.flatten(1).numpy())
+
+
+def fake_data_stats(preset, n, scorer):
+    shape = (n, preset.channels, preset.image_size, preset.image_size)
+    return pixel_stats(torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1, scorer)
+
+
 @pytest.fixture
 def registries(monkeypatch):
     methods: Registry[Method] = Registry("method", Method)
@@ -120,7 +130,8 @@ def registries(monkeypatch):
         return backbone.build(preset).to(device).eval()
 
     monkeypatch.setattr(checkpoints, "load_dense", fresh_dense)
-    monkeypatch.setattr(harness, "compute_fid", lambda samples, preset, scorer: float(samples.mean().abs()) * 100)
+    monkeypatch.setattr(harness, "image_stats", pixel_stats)
+    monkeypatch.setattr(harness, "data_stats", fake_data_stats)
     CALLS.clear()
     return Registries(methods, backbones, {"tests": "builtin"})
 
@@ -175,6 +186,21 @@ def test_resume_skips_complete_cells(registries, tmp_path):
     with pytest.warns(UserWarning, match="recomputed"):
         run(registries, tmp_path, ["counting"], RunOptions(srste_decay=1e-3))
     assert CALLS["counting"] == 3
+
+
+def test_fid_to_dense_compares_with_the_dense_samples_even_on_resume(registries, tmp_path):
+    run(registries, tmp_path / "together", ["counting", "uniform-skip"])
+    run(registries, tmp_path / "resumed", ["counting"])
+    resumed = run(registries, tmp_path / "resumed", ["counting", "uniform-skip"])
+    assert resumed.skipped == [("tiny-net", "dense"), ("tiny-net", "counting")]  # dense samples drawn again
+
+    together, later = (CellStore(tmp_path / d) for d in ("together", "resumed"))
+    metrics = {m: together.read("tiny-net", m)["metrics"] for m in ("dense", "counting", "uniform-skip")}
+    assert metrics["dense"]["fid_to_dense"] == 0.0
+    assert metrics["counting"]["fid_to_dense"] == pytest.approx(0.0, abs=1e-3)  # same model, same noise: 0 up to rounding
+    assert metrics["uniform-skip"]["fid_to_dense"] > 1e-3
+    assert later.read("tiny-net", "uniform-skip")["metrics"]["fid_to_dense"] == metrics["uniform-skip"]["fid_to_dense"]
+    assert metrics["uniform-skip"]["fid"] != metrics["uniform-skip"]["fid_to_dense"]  # the other reference
 
 
 def test_keyboard_interrupt_stops_the_run(registries, tmp_path):

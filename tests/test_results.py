@@ -32,7 +32,7 @@ def make_cell(backbone: str, method: str, status: str = "ok", fid: float = 20.0,
     }
     if status == "ok":
         cell["metrics"] = {
-            "fid": fid, "fid_samples": 256, "params_m": 0.4, "macs_g": 0.05, "sparse_macs_g": 0.03,
+            "fid": fid, "fid_to_dense": 0.0 if method == "dense" else 4.0, "fid_samples": 256, "params_m": 0.4, "macs_g": 0.05, "sparse_macs_g": 0.03,
             "latency_ms": 2.0, "sparse_latency_ms": NA, "speedup": NA,
             "sparsity": 0.5, "train_steps": 300, "sample_steps": 20, "sampler": "ddim (eta=0)", **metrics,
         }
@@ -120,7 +120,9 @@ class TestCellStore:
 
 @pytest.fixture
 def run_dir(store):
-    store.write(make_cell("uvit", "asp", fid=25.0))
+    older = make_cell("uvit", "asp", fid=25.0)
+    del older["metrics"]["fid_to_dense"]  # a cell written before that column existed
+    store.write(older)
     store.write(make_cell("uvit", "dense", fid=18.0, sparse_latency_ms=2.1, speedup=0.95, sparsity=0.0))
     store.write(make_cell("uvit", "ste", status="failed"))
     store.write(make_cell("ddpm", "uniform-skip", fid=30.0, sparse_latency_ms=1.2, speedup=1.6, sparsity=0.0))
@@ -142,8 +144,8 @@ class TestLeaderboard:
         text = render(load_cells(run_dir), "md")
         header, rule, *rows = [line for line in text.splitlines() if line.startswith("|")]
         columns = [c.strip() for c in header.strip("|").split("|")]
-        assert columns[:11] == [
-            "backbone", "method", "status", "fid@256 ↓", "params_m ↓", "macs_g ↓", "sparse_macs_g ↓",
+        assert columns[:12] == [
+            "backbone", "method", "status", "fid@256 ↓", "fid_to_dense@256 ↓", "params_m ↓", "macs_g ↓", "sparse_macs_g ↓",
             "latency_ms ↓", "sparse_latency_ms ↓", "speedup ↑", "sparsity",
         ]
         assert columns[-1] == "error" and "fid_samples" not in columns  # the sample count is in the FID header
@@ -151,8 +153,8 @@ class TestLeaderboard:
         assert [row[:2] for row in cells] == [
             ["ddpm", "dense"], ["", "uniform-skip"], ["uvit", "dense"], ["", "asp"], ["", "ste"],
         ]
-        assert cells[0][3] == "22.00" and cells[1][9] == "1.60"
-        assert cells[3][8] == NA
+        assert cells[0][3:5] == ["22.00", "0.00"] and cells[1][4] == "4.00" and cells[1][10] == "1.60"
+        assert cells[3][4] == "" and cells[3][9] == NA
         assert cells[4][2] == "failed" and cells[4][-1].startswith("MaskValidationError: attn.qkv")
 
     def test_csv(self, run_dir):
