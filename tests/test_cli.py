@@ -107,10 +107,10 @@ def test_sample_steps_replaces_only_that_field_of_the_preset(capsys, monkeypatch
 
     monkeypatch.setattr(harness, "run_grid", run_grid)
     argv = ["run", "--methods", "dense", "--out", str(tmp_path), "--quiet"]
-    assert run_main(capsys, *argv, "--sample-steps", "50")[0] == 0
+    assert run_main(capsys, *argv, "--sample-steps", "20")[0] == 0
     assert run_main(capsys, *argv)[0] == 0
     tiny = PRESETS["tiny"]
-    assert seen == [dataclasses.replace(tiny, sample_steps=50), tiny] and tiny.sample_steps != 50
+    assert seen == [dataclasses.replace(tiny, sample_steps=20), tiny] and tiny.sample_steps != 20
 
 
 def test_unwritable_out_dir(capsys, tmp_path):

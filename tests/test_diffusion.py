@@ -12,8 +12,8 @@ from nets import TwoConv
 def test_for_preset_reads_shape_and_steps():
     diffusion = Diffusion.for_preset(get_preset("tiny"))
     assert diffusion.image_shape == (1, 16, 16)
-    assert diffusion.sample_steps == 20 and diffusion.sampler == "ddim"
-    assert diffusion.timesteps.tolist() == list(range(950, -1, -50))
+    assert diffusion.sample_steps == 50 and diffusion.sampler == "ddim"
+    assert diffusion.timesteps.tolist() == list(range(980, -1, -20))
 
 
 def test_invalid_sample_steps():

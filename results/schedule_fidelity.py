@@ -13,10 +13,10 @@ Two diagnostic rows per backbone swap the last ``--swap-tail`` sampling steps (d
 between the two schedules, to show how much of the difference those steps carry. The preset,
 including the DDIM step count, is the one recorded in the cells.
 
-Usage, from the repository root (about 10 minutes on 2 CPU cores for the 20-step grid):
+Usage, from the repository root (about 10 minutes on 2 CPU cores at 20 DDIM steps, 12 at 50):
 
-    python results/tiny/schedule_fidelity.py results/tiny/cells
-    python results/tiny/schedule_fidelity.py results/tiny-ddim50/cells --swap-tail 0
+    python results/schedule_fidelity.py results/tiny/cells --swap-tail 0
+    python results/schedule_fidelity.py results/tiny-ddim20/cells
 """
 import argparse
 import json
