@@ -113,19 +113,6 @@ def device_name(device: torch.device) -> str:
     return f"{device.type} ({platform.processor() or platform.machine()})"
 
 
-def image_stats(images: torch.Tensor, scorer: FIDScorer) -> Stats:
-    """FID statistics (Inception pool3 mean and covariance) of generated images in [-1, 1]."""
-    return scorer.stats(images)
-
-
-def data_stats(preset: Preset, n: int, scorer: FIDScorer) -> Stats:
-    """FID statistics of ``n`` real images of the preset's dataset (cached on disk)."""
-    from benchmark.data import load_dataset
-    from benchmark.metrics import fid
-
-    return fid.reference_stats(preset.dataset, n, lambda: load_dataset(preset.dataset), scorer)
-
-
 def run_grid(
     registries: Registries,
     methods: list[str],
@@ -452,16 +439,19 @@ class _Grid:
         same noise, i.e. how far the method moves the dense sampler's distribution (0 for ``dense``).
         """
         from benchmark import plots
-        from benchmark.metrics.fid import frechet_distance
+        from benchmark.data import load_dataset
+        from benchmark.metrics import fid
 
         n = self.options.fid_samples or self.preset.fid_samples
         samples = self._samples(backbone, model, diffusion, schedule, n)
         plots.save_grid(samples[:GRID_IMAGES], self.out_dir / "samples" / f"{cell_stem(backbone.name, method)}.png")
-        stats = image_stats(samples, self.fid_scorer)
+        stats = self.fid_scorer.stats(samples)
         if method == REFERENCE_METHOD:
             self._dense_stats[backbone.name] = stats
+        dataset = self.preset.dataset
+        real = fid.reference_stats(dataset, n, lambda: load_dataset(dataset), self.fid_scorer)
         return {
-            "fid": frechet_distance(*stats, *data_stats(self.preset, n, self.fid_scorer)),
+            "fid": fid.frechet_distance(*stats, *real),
             "fid_to_dense": 0.0 if method == REFERENCE_METHOD else self._fid_to_dense(backbone, diffusion, stats, n),
             "fid_samples": n,
             "sample_steps": diffusion.sample_steps,
@@ -475,7 +465,7 @@ class _Grid:
         if backbone.name not in self._dense_stats:
             dense, _ = self.dense[backbone.name]  # loaded: this backbone has a cell to compute
             samples = self._samples(backbone, dense, diffusion, None, n)
-            self._dense_stats[backbone.name] = image_stats(samples, self.fid_scorer)
+            self._dense_stats[backbone.name] = self.fid_scorer.stats(samples)
         return frechet_distance(*stats, *self._dense_stats[backbone.name])
 
     def _samples(

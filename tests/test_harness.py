@@ -2,7 +2,7 @@
 
 To stay fast these tests replace two things: the dense checkpoint is a freshly seeded fake network
 (no dense training), and FID statistics are taken of raw pixels instead of Inception features
-(``harness.image_stats``; the "real data" are seeded uniform noise). Everything else is the real pipeline:
+(the "real images" are seeded uniform noise). Everything else is the real pipeline:
 training, N:M validation, MACs, latency, sampling, cell files and the leaderboard.
 """
 from __future__ import annotations
@@ -108,13 +108,13 @@ FAKES = {
 }
 
 
-def pixel_stats(images, scorer):
+def pixel_stats(scorer, images, progress=None):
     return fid.feature_stats(images.flatten(1).numpy())
 
 
-def fake_data_stats(preset, n, scorer):
-    shape = (n, preset.channels, preset.image_size, preset.image_size)
-    return pixel_stats(torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1, scorer)
+def fake_reference_stats(dataset_name, n, images_fn, scorer):
+    shape = (n, UNIT.channels, UNIT.image_size, UNIT.image_size)
+    return pixel_stats(scorer, torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1)
 
 
 @pytest.fixture
@@ -130,8 +130,8 @@ def registries(monkeypatch):
         return backbone.build(preset).to(device).eval()
 
     monkeypatch.setattr(checkpoints, "load_dense", fresh_dense)
-    monkeypatch.setattr(harness, "image_stats", pixel_stats)
-    monkeypatch.setattr(harness, "data_stats", fake_data_stats)
+    monkeypatch.setattr(fid.FIDScorer, "stats", pixel_stats)
+    monkeypatch.setattr(fid, "reference_stats", fake_reference_stats)
     CALLS.clear()
     return Registries(methods, backbones, {"tests": "builtin"})
 
