@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
     run.set_defaults(handler=run_command)
 
-    board = command("leaderboard", "print a run's leaderboard and (re)write leaderboard.{md,csv,json}")
+    board = command("leaderboard", "print a run's leaderboard; (re)write leaderboard.{md,csv,json} and its plots")
     board.add_argument("run_dir", type=Path, metavar="DIR")
     board.add_argument("--format", default="md", choices=["md", "csv", "json"], help="what to print (default: md)")
     board.set_defaults(handler=leaderboard_command)
@@ -232,9 +232,9 @@ def parse_checkpoints(specs: list[str], backbones: list[str]) -> dict[str, str]:
 
 
 def leaderboard_command(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard import write_leaderboard
+    from benchmark.leaderboard import publish
 
-    paths = write_leaderboard(args.run_dir)
+    paths = publish(args.run_dir)
     print(paths[args.format].read_text(encoding="utf-8"), end="")
     return 0
 

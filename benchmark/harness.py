@@ -162,10 +162,9 @@ def run_grid(
         outcome = f"fid {cell['metrics']['fid']:.2f}" if cell["status"] == "ok" else cell["error"]
         grid.say(f"{label}: {cell['status']} in {cell['timings']['total']:.1f} s ({outcome})")
 
-    from benchmark import leaderboard, plots
+    from benchmark import leaderboard
 
-    leaderboard.write_leaderboard(grid.out_dir)
-    plots.pareto_plots(leaderboard.load_cells(grid.out_dir), grid.out_dir)
+    leaderboard.publish(grid.out_dir)
     return summary
 
 

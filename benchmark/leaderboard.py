@@ -83,6 +83,15 @@ def write_leaderboard(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     return paths
 
 
+def publish(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Rewrite the leaderboard files and the Pareto plots from ``out_dir``'s cells; the table paths by format."""
+    from benchmark import plots
+
+    paths = write_leaderboard(out_dir)
+    plots.pareto_plots(load_cells(out_dir), out_dir)
+    return paths
+
+
 def _markdown(df: pd.DataFrame) -> str:
     table = df.copy()
     fid_samples = table.loc[table["status"] == "ok", "fid_samples"].dropna().unique()

@@ -32,7 +32,7 @@ def _numeric(df: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_numeric(df[column], errors="coerce")
 
 
-def _pareto_front(x: pd.Series, y: pd.Series) -> tuple[list[float], list[float]]:
+def pareto_front(x: pd.Series, y: pd.Series) -> tuple[list[float], list[float]]:
     """Points no other point beats on both axes (lower is better), by increasing ``x``."""
     front_x, front_y = [], []
     for px, py in sorted(zip(x, y)):
@@ -45,16 +45,17 @@ def _pareto_front(x: pd.Series, y: pd.Series) -> tuple[list[float], list[float]]
 def _scatter(rows: pd.DataFrame, x: pd.Series, xlabel: str, title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 5))
     markers = dict(zip(sorted(rows["backbone"].unique()), itertools.cycle(MARKERS)))
-    for backbone, marker in markers.items():
+    for backbone, marker in markers.items():  # one front per backbone: their FIDs do not compare
         mine = rows["backbone"] == backbone
-        ax.scatter(x[mine], rows["fid"][mine], marker=marker, label=backbone, alpha=0.8)
+        points = ax.scatter(x[mine], rows["fid"][mine], marker=marker, label=backbone, alpha=0.8)
+        ax.plot(*pareto_front(x[mine], rows["fid"][mine]), linestyle="--", linewidth=1,
+                color=points.get_facecolor()[0], label=f"{backbone} Pareto front")
     dense = rows["method"] == "dense"
     ax.scatter(x[dense], rows["fid"][dense], s=220, facecolors="none", edgecolors="black", linewidths=1.5,
                label="dense reference")
     for (_, row), px in zip(rows.iterrows(), x):
         ax.annotate(row["method"], (px, row["fid"]), textcoords="offset points", xytext=(5, 4), fontsize=8,
                     fontweight="bold" if row["method"] == "dense" else "normal")
-    ax.plot(*_pareto_front(x, rows["fid"]), linestyle="--", color="gray", linewidth=1, label="Pareto front")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID (lower is better)")
     ax.set_title(title)

@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from benchmark.metrics.latency import NA_CUDA
-from benchmark.plots import pareto_plots, save_grid
+from benchmark.plots import pareto_front, pareto_plots, save_grid
 
 
 def test_grid_png_has_the_grid_size(tmp_path):
@@ -41,3 +41,9 @@ def test_pareto_plots_with_latency(tmp_path):
     for path in paths:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] > 100
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
+    cost = pd.Series([3.0, 1.0, 2.0, 4.0, 2.5])
+    fid = pd.Series([10.0, 30.0, 20.0, 5.0, 25.0])  # (2.5, 25) is beaten by (2, 20)
+    assert pareto_front(cost, fid) == ([1.0, 2.0, 3.0, 4.0], [30.0, 20.0, 10.0, 5.0])

@@ -10,7 +10,7 @@ import pytest
 
 from benchmark import results
 from benchmark.api import BenchmarkError
-from benchmark.leaderboard import COLUMNS, load_cells, render, write_leaderboard
+from benchmark.leaderboard import COLUMNS, load_cells, publish, render, write_leaderboard
 from benchmark.results import SCHEMA_VERSION, CellStore, config_hash
 
 NA = "n/a (needs CUDA sm80+)"
@@ -175,6 +175,10 @@ class TestLeaderboard:
         paths = write_leaderboard(run_dir)
         assert sorted(paths) == ["csv", "json", "md"]
         assert all(p.parent == run_dir and p.stat().st_size > 0 for p in paths.values())
+
+    def test_publish_rewrites_the_plots_too(self, run_dir):
+        assert publish(run_dir) == {fmt: run_dir / f"leaderboard.{fmt}" for fmt in ("md", "csv", "json")}
+        assert all((run_dir / f"pareto_fid_vs_{x}.png").stat().st_size > 0 for x in ("macs", "latency"))
 
     def test_empty_run_dir(self, tmp_path):
         with pytest.raises(BenchmarkError, match="no result cells"):
