@@ -18,6 +18,7 @@ COLUMNS = [
     "backbone", "method", "status", "fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms",
     "sparse_latency_ms", "speedup", "sparsity", "train_steps", "seed", "sample_steps", "fid_samples", "error",
 ]
+FID_COLUMNS = ["fid", "fid_to_dense"]  # headed with their shared sample count, e.g. fid@256
 INTEGER_COLUMNS = ["train_steps", "seed", "sample_steps", "fid_samples"]
 LOWER_IS_BETTER = ["fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms", "sparse_latency_ms"]
 HIGHER_IS_BETTER = ["speedup"]
@@ -73,22 +74,26 @@ def render(df: pd.DataFrame, fmt: str) -> str:
 
 def write_leaderboard(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write ``leaderboard.{md,csv,json}`` into ``out_dir``; returns the paths by format."""
-    df = load_cells(out_dir)
-    paths = {fmt: Path(out_dir) / f"leaderboard.{fmt}" for fmt in FORMATS}
-    try:
-        for fmt, path in paths.items():
-            path.write_text(render(df, fmt), encoding="utf-8")
-    except OSError as e:
-        raise BenchmarkError(f"cannot write the leaderboard to {out_dir}: {e.strerror or e}") from None
-    return paths
+    return _write_tables(load_cells(out_dir), out_dir)
 
 
 def publish(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Rewrite the leaderboard files and the Pareto plots from ``out_dir``'s cells; the table paths by format."""
     from benchmark import plots
 
-    paths = write_leaderboard(out_dir)
-    plots.pareto_plots(load_cells(out_dir), out_dir)
+    df = load_cells(out_dir)
+    paths = _write_tables(df, out_dir)
+    plots.pareto_plots(df, out_dir)
+    return paths
+
+
+def _write_tables(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    paths = {fmt: Path(out_dir) / f"leaderboard.{fmt}" for fmt in FORMATS}
+    try:
+        for fmt, path in paths.items():
+            path.write_text(render(df, fmt), encoding="utf-8")
+    except OSError as e:
+        raise BenchmarkError(f"cannot write the leaderboard to {out_dir}: {e.strerror or e}") from None
     return paths
 
 
@@ -120,7 +125,7 @@ def _markdown(df: pd.DataFrame) -> str:
 
 def _header(column: str, at: str) -> str:
     """The column's name, with the shared FID sample count (``at``, e.g. ``@256``) on the FID columns."""
-    name = column + at if column.startswith("fid") and column != "fid_samples" else column
+    name = column + at if column in FID_COLUMNS else column
     if column in LOWER_IS_BETTER:
         return f"{name} ↓"
     if column in HIGHER_IS_BETTER:

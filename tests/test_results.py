@@ -32,7 +32,8 @@ def make_cell(backbone: str, method: str, status: str = "ok", fid: float = 20.0,
     }
     if status == "ok":
         cell["metrics"] = {
-            "fid": fid, "fid_to_dense": 0.0 if method == "dense" else 4.0, "fid_samples": 256, "params_m": 0.4, "macs_g": 0.05, "sparse_macs_g": 0.03,
+            "fid": fid, "fid_to_dense": 0.0 if method == "dense" else 4.0, "fid_samples": 256,
+            "params_m": 0.4, "macs_g": 0.05, "sparse_macs_g": 0.03,
             "latency_ms": 2.0, "sparse_latency_ms": NA, "speedup": NA,
             "sparsity": 0.5, "train_steps": 300, "sample_steps": 20, "sampler": "ddim (eta=0)", **metrics,
         }
@@ -145,8 +146,8 @@ class TestLeaderboard:
         header, rule, *rows = [line for line in text.splitlines() if line.startswith("|")]
         columns = [c.strip() for c in header.strip("|").split("|")]
         assert columns[:12] == [
-            "backbone", "method", "status", "fid@256 ↓", "fid_to_dense@256 ↓", "params_m ↓", "macs_g ↓", "sparse_macs_g ↓",
-            "latency_ms ↓", "sparse_latency_ms ↓", "speedup ↑", "sparsity",
+            "backbone", "method", "status", "fid@256 ↓", "fid_to_dense@256 ↓", "params_m ↓", "macs_g ↓",
+            "sparse_macs_g ↓", "latency_ms ↓", "sparse_latency_ms ↓", "speedup ↑", "sparsity",
         ]
         assert columns[-1] == "error" and "fid_samples" not in columns  # the sample count is in the FID header
         cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
