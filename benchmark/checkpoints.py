@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -17,10 +18,12 @@ from benchmark.api import Backbone, BenchmarkError, MethodContext, RunOptions
 from benchmark.data import batch_stream, cache_dir, load_dataset
 from benchmark.diffusion import Diffusion
 from benchmark.presets import Preset
-from benchmark.training import train
+from benchmark.training import Optimisation, TrainingStream, train
 
 SHIPPED_WEIGHTS_DIR = Path(backbones.__file__).parent / "weights"
 DENSE_SEED = 0  # seed of dense checkpoints that load_dense has to train itself
+CHECKPOINT_EVERY = 500  # steps between the resumable states train_dense saves
+LOSS_CURVE_EVERY = 100  # steps averaged into one point of the loss curve in the sidecar
 
 
 def checkpoint_filename(backbone: Backbone, preset: Preset) -> str:
@@ -47,24 +50,43 @@ def find_dense_checkpoint(backbone: Backbone, preset: Preset, options: RunOption
     return None
 
 
-def load_dense(
+def dense_checkpoint(
     backbone: Backbone, preset: Preset, options: RunOptions, device: torch.device | str, progress: bool = True
-) -> nn.Module:
-    """The dense model for ``preset`` in eval mode on ``device``, training and caching it if none exists."""
+) -> Path:
+    """The dense checkpoint a run starts from: found by :func:`find_dense_checkpoint`, else trained and cached."""
     path = find_dense_checkpoint(backbone, preset, options)
-    if path is None:
-        path = train_dense(
-            backbone,
-            preset,
-            preset.dense_train_steps,
-            DENSE_SEED,
-            cache_dir() / "dense" / checkpoint_filename(backbone, preset),
-            progress,
-            device=device,
-        )
+    if path is not None:
+        return path
+    return train_dense(
+        backbone,
+        preset,
+        preset.dense_train_steps,
+        DENSE_SEED,
+        cache_dir() / "dense" / checkpoint_filename(backbone, preset),
+        progress,
+        device=device,
+        resume=True,
+    )
+
+
+def load_dense(backbone: Backbone, preset: Preset, path: Path, device: torch.device | str) -> nn.Module:
+    """The dense model in ``path`` for ``preset``, in eval mode on ``device``."""
     model = backbone.build(preset)
     backbone.load_checkpoint(model, str(path))
     return model.to(device).eval()
+
+
+def checkpoint_id(path: Path) -> str:
+    """What a checkpoint is, by content: ``sha256:`` of the file, or of a directory's files in name order.
+
+    A cell computed from another file of the same name is never taken for current.
+    """
+    if path.is_file():
+        return "sha256:" + sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + sha256_file(file).encode())
+    return "sha256-dir:" + digest.hexdigest()
 
 
 def train_dense(
@@ -76,20 +98,46 @@ def train_dense(
     progress: bool = True,
     *,
     device: torch.device | str | None = None,
+    resume: bool = False,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> Path:
-    """Train a fresh dense model and save its state dict to ``out_path`` (plus a ``.json`` sidecar).
+    """Train a fresh dense model with ``preset.dense`` and save its EMA weights to ``out_path``.
 
-    The sidecar holds the backbone, preset, steps, seed, final loss, torch version and the sha256 of
-    the ``.pt``. ``device`` defaults to CUDA when available.
+    Every ``checkpoint_every`` steps the whole training state goes to ``OUT.resume`` (atomically);
+    ``resume=True`` continues from it, bit for bit as if never stopped. A ``.json`` sidecar records
+    the recipe, steps, seed, loss curve, wall time, device, torch version and the sha256 of the ``.pt``.
+    ``device`` defaults to CUDA when available.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out_path = Path(out_path)
+    resume_path = out_path.with_name(out_path.name + ".resume")
+    identity = {
+        "backbone": backbone.name,
+        "backbone_version": backbone.version,
+        "preset": preset.name,
+        "recipe": dataclasses.asdict(preset.dense),
+        "batch_size": preset.batch_size,
+        "steps": steps,
+        "seed": seed,
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = backbone.build(preset).to(device)
+    optimisation = Optimisation(model, preset.dense, steps)
+    saved = _read_resume_state(resume_path, identity) if resume_path.exists() else None
+    if saved is not None and not resume:
+        raise BenchmarkError(f"an unfinished training run is saved at {resume_path}; pass --resume or delete it")
     images = load_dataset(preset.dataset)
+    start = saved["step"] if saved else 0
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimisation.load_state_dict(saved["optimisation"])
+        stream = TrainingStream.resume(batch_stream(images, preset.batch_size, seed, start), saved["generator"], start)
+    else:
+        stream = TrainingStream(batch_stream(images, preset.batch_size, seed), torch.Generator().manual_seed(seed))
     ctx = MethodContext(
         backbone=backbone,
-        preset=dataclasses.replace(preset, lr=preset.dense_lr),
+        preset=preset,
         options=RunOptions(),
         diffusion=Diffusion.for_preset(preset),
         teacher=model,
@@ -99,23 +147,68 @@ def train_dense(
         device=device,
         progress=progress,
     )
-    losses = train(model, ctx, steps, desc=f"dense {backbone.name}")
-    out_path = Path(out_path)
+    loss_curve: list[list[float]] = saved["loss_curve"] if saved else []  # [step, mean loss of the interval]
+    wall = saved["wall_s"] if saved else 0.0
+    window: list[float] = saved["window"] if saved else []  # losses since the last curve point
+    clock = time.perf_counter()
+
+    def after_step(step: int, loss: float) -> None:
+        nonlocal wall, clock
+        done = step + 1
+        window.append(loss)
+        if done % LOSS_CURVE_EVERY == 0 or done == steps:
+            loss_curve.append([done, sum(window) / len(window)])
+            window.clear()
+        if done % checkpoint_every == 0 and done < steps:
+            now = time.perf_counter()
+            wall, clock = wall + now - clock, now
+            state = {
+                "identity": identity,
+                "step": done,
+                "model": model.state_dict(),
+                "optimisation": optimisation.state_dict(),
+                "generator": stream.generator.get_state(),
+                "loss_curve": loss_curve,
+                "window": window,
+                "wall_s": wall,
+            }
+            _write_atomically(resume_path, lambda f: torch.save(state, f))
+
+    if start < steps:
+        train(model, ctx, steps - start, desc=f"dense {backbone.name}", stream=stream, optimisation=optimisation,
+              after_step=after_step)
+    wall += time.perf_counter() - clock
+    # train() leaves the EMA weights in the model once the budget is spent
     state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     _write_atomically(out_path, lambda f: torch.save(state_dict, f))
     meta = {
-        "backbone": backbone.name,
-        "backbone_version": backbone.version,
-        "preset": preset.name,
-        "steps": steps,
-        "seed": seed,
-        "final_loss": losses[-1],
+        **identity,
+        "weights": "ema" if preset.dense.ema_decay is not None else "last iterate",
+        "final_loss": loss_curve[-1][1] if loss_curve else None,
+        "loss_curve": loss_curve,
+        "wall_s": round(wall, 1),
+        "device": str(device),
         "torch": torch.__version__,
         "sha256": sha256_file(out_path),
     }
     sidecar = out_path.with_name(out_path.name + ".json")
     _write_atomically(sidecar, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    resume_path.unlink(missing_ok=True)
     return out_path
+
+
+def _read_resume_state(path: Path, identity: dict) -> dict:
+    """The saved training state at ``path``, refused when it belongs to another run."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise BenchmarkError(f"cannot read the resume state {path}: {type(error).__name__}: {error}") from None
+    if state.get("identity") != identity:
+        differ = sorted(k for k in identity if state.get("identity", {}).get(k) != identity[k])
+        raise BenchmarkError(
+            f"the resume state {path} is of another training run (differs in {', '.join(differ)}); delete it"
+        )
+    return state
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -22,6 +22,7 @@ examples:
   python -m benchmark list
   python -m benchmark run --methods all --backbones all --preset tiny
   python -m benchmark run --methods dense,asp,sparsedm+dipgo --backbones uvit --out runs/mine --quiet
+  python -m benchmark run --methods all --seeds 0,1,2 --out runs/tiny-3seeds
   python -m benchmark leaderboard runs/tiny --format csv
   python -m benchmark train-dense --backbone ddpm --preset tiny --steps 6000
   python -m benchmark latency --backbone uvit --preset cifar10 --device cuda --batch-sizes 1,16,64,128
@@ -63,6 +64,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def seed_list(text: str) -> list[int]:
+    seeds = [seed_int(part.strip()) for part in text.split(",")]
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct, got {text}")
+    return seeds
+
+
 def batch_sizes(text: str) -> list[int]:
     return [positive_int(part.strip()) for part in text.split(",")]
 
@@ -98,8 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backbones", default="all", metavar="LIST", help="'all' or a comma list (default: all)")
     run.add_argument("--preset", default="tiny", choices=list(PRESETS), help="budget preset (default: tiny)")
     run.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<preset>)")
-    run.add_argument("--seed", type=seed_int, default=0, metavar="N",
-                     help="seed for data order, noise and sampling (default: 0)")
+    seeds = run.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=seed_int, metavar="N",
+                       help="seed for data order, noise, sampling and the FID bootstrap (default: 0)")
+    seeds.add_argument("--seeds", type=seed_list, metavar="LIST",
+                       help="comma list of seeds, each its own cell; the leaderboard aggregates them (e.g. 0,1,2)")
     run.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
     run.add_argument("--pattern", default="2:4", metavar="N:M", help="N:M sparsity pattern (default: 2:4)")
     run.add_argument("--srste-decay", type=non_negative_float, default=RunOptions.srste_decay, metavar="X",
@@ -131,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     dense.add_argument("--seed", type=seed_int, default=0, metavar="N", help="default: 0")
     dense.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     dense.add_argument("--out", type=Path, metavar="PATH", help="checkpoint path (default: the cache `run` reads)")
+    dense.add_argument("--resume", action="store_true",
+                       help="continue from the training state saved every 500 steps beside --out")
     dense.add_argument("--quiet", action="store_true", help="no progress bar")
     dense.set_defaults(handler=train_dense_command)
 
@@ -201,15 +214,22 @@ def run_command(args: argparse.Namespace) -> int:
     )
     out_dir = args.out or Path("runs") / preset.name
     summary = run_grid(
-        registries, methods, backbones, preset, options, args.seed, args.device, out_dir, progress=not args.quiet
+        registries, methods, backbones, preset, options, run_seeds(args), args.device, out_dir,
+        progress=not args.quiet,
     )
     print(
         f"{len(summary.ok)} ok, {len(summary.failed)} failed, {len(summary.skipped)} skipped (already complete); "
         f"leaderboard: {out_dir / 'leaderboard.md'}"
     )
-    for backbone, method in summary.failed:
-        print(f"failed: {backbone}/{method} (error and traceback in its cell file)", file=sys.stderr)
+    for backbone, method, seed in summary.failed:
+        print(f"failed: {backbone}/{method} seed {seed} (error and traceback in its cell file)", file=sys.stderr)
     return CELL_FAILED if summary.failed else 0
+
+
+def run_seeds(args: argparse.Namespace) -> list[int]:
+    if args.seeds is not None:
+        return args.seeds
+    return [args.seed if args.seed is not None else 0]
 
 
 def parse_checkpoints(specs: list[str], backbones: list[str]) -> dict[str, str]:
@@ -254,7 +274,9 @@ def train_dense_command(args: argparse.Namespace) -> int:
     except OSError as e:
         raise BenchmarkError(f"cannot write the checkpoint to {out}: {e.strerror or e}") from None
     steps = args.steps or preset.dense_train_steps
-    path = checkpoints.train_dense(backbone, preset, steps, args.seed, out, not args.quiet, device=device)
+    path = checkpoints.train_dense(
+        backbone, preset, steps, args.seed, out, not args.quiet, device=device, resume=args.resume
+    )
     print(path)
     return 0
 

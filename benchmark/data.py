@@ -72,18 +72,18 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-def batch_stream(images: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+def batch_stream(images: torch.Tensor, batch_size: int, seed: int, start: int = 0) -> Iterator[torch.Tensor]:
     """Endless float [-1, 1] batches; epoch ``e`` visits ``images`` in a permutation seeded by ``seed + e``.
 
     The incomplete batch at the end of each epoch is dropped so every batch has ``batch_size`` images.
-    The same arguments always give the same sequence.
+    The same arguments always give the same sequence; ``start=k`` begins at its batch ``k`` (a resume).
     """
     if not 1 <= batch_size <= len(images):
         raise BenchmarkError(f"batch size {batch_size} must be between 1 and the dataset size {len(images)}")
     batches_per_epoch = len(images) // batch_size
-    epoch = 0
+    epoch, first = divmod(start, batches_per_epoch)
     while True:
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + epoch))
-        for b in range(batches_per_epoch):
+        for b in range(first, batches_per_epoch):
             yield to_model_range(images[order[b * batch_size : (b + 1) * batch_size]])
-        epoch += 1
+        epoch, first = epoch + 1, 0

@@ -1,6 +1,6 @@
-"""Run the (backbone x method) grid: every cell is pruned, trained and measured under the same budget.
+"""Run the (backbone x method x seed) grid: every cell is pruned, trained and measured under the same budget.
 
-Each backbone also gets its ``dense`` reference cell. A cell that raises is written as ``failed``
+Each backbone also gets its ``dense`` reference cell for every seed. A cell that raises is written as ``failed``
 with its traceback and the run goes on; a cell already complete under the same configuration is
 skipped, so an interrupted run resumes where it stopped (Ctrl-C keeps the cells written so far).
 """
@@ -46,21 +46,22 @@ from benchmark.results import (
 
 if TYPE_CHECKING:
     from benchmark.diffusion import Diffusion
-    from benchmark.metrics.fid import FIDScorer, Stats
+    from benchmark.metrics.fid import FIDEstimate, FIDScorer
     from benchmark.plugins import Registries
 
 CHAIN_SEPARATOR = "+"
-GRID_IMAGES = 64  # samples shown in samples/{backbone}__{method}.png
+GRID_IMAGES = 64  # samples shown in samples/{backbone}__{method}__seed{seed}.png
+FID_RESAMPLES = 200  # bootstrap resamples behind every FID interval
 TIMING_ROUNDS = 3  # alternating timings of the two things a speedup compares; the medians are kept
 
 
 @dataclass
 class RunSummary:
-    """The cells of a run by outcome, as ``(backbone, method)`` pairs."""
+    """The cells of a run by outcome, as ``(backbone, method, seed)``."""
 
-    ok: list[tuple[str, str]] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # already complete, not recomputed
+    ok: list[tuple[str, str, int]] = field(default_factory=list)
+    failed: list[tuple[str, str, int]] = field(default_factory=list)
+    skipped: list[tuple[str, str, int]] = field(default_factory=list)  # already complete, not recomputed
 
 
 def split_chain(method: str) -> list[str]:
@@ -119,23 +120,28 @@ def run_grid(
     backbones: list[str],
     preset: Preset,
     options: RunOptions,
-    seed: int,
+    seeds: list[int],
     device: str | torch.device,
     out_dir: str | Path,
     progress: bool = True,
 ) -> RunSummary:
-    """Run every (backbone, method) cell plus each backbone's dense reference; write cells and leaderboard.
+    """Run every (backbone, method, seed) cell plus each backbone's dense reference; write cells and leaderboard.
 
-    Input errors (unknown names, unwritable ``out_dir``, missing CUDA, an unloadable dense checkpoint)
-    raise :class:`BenchmarkError` before any cell runs.
+    Input errors (unknown names, unwritable ``out_dir``, missing CUDA, more FID samples than images,
+    no FID Inception weights, an unloadable given checkpoint) raise :class:`BenchmarkError` before any
+    cell runs. The seeds run one after another, so an interrupted run holds whole grids of the first ones.
     """
-    grid = _Grid(registries, preset, options, seed, resolve_device(device), Path(out_dir), progress)
+    grid = _Grid(registries, preset, options, resolve_device(device), Path(out_dir), progress)
     chains = [split_chain(method) for method in methods]
     for part in (part for chain in chains for part in chain):
         registries.methods.entry(part)
     for backbone in backbones:
         registries.backbones.entry(backbone)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise BenchmarkError(f"seeds must be distinct and at least one, got {list(seeds)}")
+    grid.check_fid_inputs()
     grid.store.ensure_writable()
+    grid.prepare_dense(backbones)
 
     unique_chains = [[REFERENCE_METHOD]]  # every backbone gets its reference row
     for chain in chains:
@@ -143,22 +149,21 @@ def run_grid(
             unique_chains.append(chain)
     summary = RunSummary()
     pending = []
-    for backbone in backbones:
-        for chain in unique_chains:
-            method, config = CHAIN_SEPARATOR.join(chain), grid.config(backbone, chain)
-            if grid.store.is_complete(backbone, method, config_hash(config)):
-                summary.skipped.append((backbone, method))
-                grid.say(f"{backbone}/{method}: already complete, skipped")
-            else:
-                pending.append((backbone, chain, config))
-    needed = {backbone for backbone, _, _ in pending}
-    grid.load_dense_models([backbone for backbone in backbones if backbone in needed])
+    for seed in seeds:
+        for backbone in backbones:
+            for chain in unique_chains:
+                method, config = CHAIN_SEPARATOR.join(chain), grid.config(backbone, chain, seed)
+                if grid.store.is_complete(backbone, method, seed, config_hash(config)):
+                    summary.skipped.append((backbone, method, seed))
+                    grid.say(f"{backbone}/{method} seed {seed}: already complete, skipped")
+                else:
+                    pending.append((backbone, chain, seed, config))
 
-    for index, (backbone, chain, config) in enumerate(pending, 1):
-        label = f"[{index}/{len(pending)}] {backbone}/{CHAIN_SEPARATOR.join(chain)}"
+    for index, (backbone, chain, seed, config) in enumerate(pending, 1):
+        label = f"[{index}/{len(pending)}] {backbone}/{CHAIN_SEPARATOR.join(chain)} seed {seed}"
         grid.say(label)
-        cell = grid.run_cell(backbone, chain, config)
-        (summary.ok if cell["status"] == "ok" else summary.failed).append((backbone, cell["method"]))
+        cell = grid.run_cell(backbone, chain, seed, config)
+        (summary.ok if cell["status"] == "ok" else summary.failed).append((backbone, cell["method"], seed))
         outcome = f"fid {cell['metrics']['fid']:.2f}" if cell["status"] == "ok" else cell["error"]
         grid.say(f"{label}: {cell['status']} in {cell['timings']['total']:.1f} s ({outcome})")
 
@@ -176,7 +181,6 @@ class _Grid:
         registries: Registries,
         preset: Preset,
         options: RunOptions,
-        seed: int,
         device: torch.device,
         out_dir: Path,
         progress: bool,
@@ -184,14 +188,14 @@ class _Grid:
         self.registries = registries
         self.preset = preset
         self.options = options
-        self.seed = seed
         self.device = device
         self.out_dir = out_dir
         self.progress = progress
         self.store = CellStore(out_dir)
         self.dense: dict[str, tuple[nn.Module, float] | BaseException] = {}
         self._fid_scorer: FIDScorer | None = None
-        self._dense_stats: dict[str, Stats] = {}  # FID statistics of each backbone's dense samples
+        self._fid_weights: str | None = None  # identity of the Inception weights, checked before any cell
+        self._dense_features: dict[tuple[str, int], np.ndarray] = {}  # FID features of dense samples by seed
         self._checkpoint_ids: dict[str, str] = {}
 
     @property
@@ -207,38 +211,39 @@ class _Grid:
         if self.progress:
             print(line, file=sys.stderr, flush=True)
 
-    def config(self, backbone: str, chain: list[str]) -> dict[str, Any]:
+    def config(self, backbone: str, chain: list[str], seed: int) -> dict[str, Any]:
         """Everything that changes a cell's numbers; its hash decides whether a stored cell is current."""
         return {
             "backbone": backbone,
             "method": CHAIN_SEPARATOR.join(chain),
             "preset": self.preset.to_dict(),
             "options": self.options.to_dict(),
-            "seed": self.seed,
+            "seed": seed,
             "device": str(self.device),
             "method_versions": {part: self.registries.methods.get(part).version for part in chain},
             "backbone_version": self.registries.backbones.get(backbone).version,
-            "dense_checkpoint": self.dense_checkpoint_id(backbone),
+            "dense_checkpoint": self._checkpoint_ids[backbone],
+            "fid": {"weights": self._fid_weights, "bootstrap_resamples": FID_RESAMPLES},
         }
 
-    def dense_checkpoint_id(self, backbone: str) -> str:
-        """The sha256 of the given or shipped dense checkpoint file; a cached one is known by its name."""
-        from benchmark import checkpoints
+    def fid_samples(self) -> int:
+        return self.options.fid_samples or self.preset.fid_samples
 
-        if backbone not in self._checkpoint_ids:
-            spec = self.registries.backbones.get(backbone)
-            path = checkpoints.find_dense_checkpoint(spec, self.preset, self.options)
-            if path is None or path.is_relative_to(checkpoints.cache_dir()):  # the same before and after training
-                ident = "cache:" + checkpoints.checkpoint_filename(spec, self.preset)
-            elif path.is_file():
-                ident = "sha256:" + checkpoints.sha256_file(path)
-            else:
-                ident = f"dir:{path.resolve()}"
-            self._checkpoint_ids[backbone] = ident
-        return self._checkpoint_ids[backbone]
+    def check_fid_inputs(self) -> None:
+        """Refuse more FID samples than the data set has, or missing Inception weights, before any cell."""
+        from benchmark.data import load_dataset
+        from benchmark.metrics import fid
 
-    def load_dense_models(self, backbones: list[str]) -> None:
-        """Load (or train) each backbone's dense model before any cell runs.
+        n, available = self.fid_samples(), len(load_dataset(self.preset.dataset))
+        if not 2 <= n <= available:
+            raise BenchmarkError(
+                f"--fid-samples {n} is not possible: dataset {self.preset.dataset!r} has {available} images "
+                f"(allowed: 2 to {available})"
+            )
+        self._fid_weights = fid.ensure_weights_available()
+
+    def prepare_dense(self, backbones: list[str]) -> None:
+        """Find (or train) and load each backbone's dense checkpoint, and identify it by content.
 
         A user-given checkpoint that cannot be loaded is an input error; any other failure is kept
         and fails that backbone's cells.
@@ -249,18 +254,21 @@ class _Grid:
             backbone = self.registries.backbones.get(name)
             start = time.perf_counter()
             try:
-                model = checkpoints.load_dense(backbone, self.preset, self.options, self.device, self.progress)
+                path = checkpoints.dense_checkpoint(backbone, self.preset, self.options, self.device, self.progress)
+                self._checkpoint_ids[name] = checkpoints.checkpoint_id(path)
+                model = checkpoints.load_dense(backbone, self.preset, path, self.device)
             except (BenchmarkError, KeyboardInterrupt):
                 raise
             except Exception as e:
                 given = self.options.checkpoints.get(name)
                 if given is not None:
                     raise BenchmarkError(f"cannot load dense checkpoint {given} for {name!r}: {e}") from e
+                self._checkpoint_ids.setdefault(name, "unavailable")
                 self.dense[name] = e
             else:
                 self.dense[name] = (model.eval().requires_grad_(False), time.perf_counter() - start)
 
-    def run_cell(self, backbone: str, chain: list[str], config: dict[str, Any]) -> dict[str, Any]:
+    def run_cell(self, backbone: str, chain: list[str], seed: int, config: dict[str, Any]) -> dict[str, Any]:
         """Compute one cell and write it; any exception but KeyboardInterrupt makes it a failed cell."""
         cell: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
@@ -273,7 +281,7 @@ class _Grid:
             "config_hash": config_hash(config),
             "versions": environment_versions(),
             "device": device_name(self.device),
-            "seed": self.seed,
+            "seed": seed,
             "timings": {},
             "metrics": {},
             "info": {},
@@ -282,7 +290,7 @@ class _Grid:
             "started": now_iso(),
         }
         try:
-            self._compute(self.registries.backbones.get(backbone), chain, cell)
+            self._compute(self.registries.backbones.get(backbone), chain, seed, cell)
             cell["status"] = "ok"
         except KeyboardInterrupt:
             raise
@@ -296,7 +304,7 @@ class _Grid:
             torch.cuda.empty_cache()
         return cell
 
-    def _compute(self, backbone: Backbone, chain: list[str], cell: dict[str, Any]) -> None:
+    def _compute(self, backbone: Backbone, chain: list[str], seed: int, cell: dict[str, Any]) -> None:
         """Fill ``cell``'s timings, metrics and info in place, so a failure keeps what was measured."""
         from benchmark.diffusion import Diffusion
 
@@ -308,7 +316,7 @@ class _Grid:
         diffusion = Diffusion.for_preset(self.preset)
 
         with _timed(timings, "prune"):
-            state = self._prune(backbone, dense, diffusion, chain, info)
+            state = self._prune(backbone, dense, diffusion, chain, seed, info)
             if state.masks or state.pattern is not None:
                 from benchmark.sparsity import masks_digest, validate_nm
 
@@ -320,16 +328,17 @@ class _Grid:
         model = state.model.eval()
         with _timed(timings, "metrics"), torch.no_grad():
             metrics.update(self._macs(backbone, state))
-            metrics.update(self._latency(backbone, dense, diffusion, state, cell))
+            metrics.update(self._latency(backbone, dense, diffusion, state, seed, cell))
         with _timed(timings, "fid"):
-            metrics.update(self._quality(backbone, cell["method"], model, diffusion, state.schedule))
+            metrics.update(self._quality(backbone, cell["method"], model, diffusion, state.schedule, seed))
 
     def _prune(
-        self, backbone: Backbone, dense: nn.Module, diffusion: Diffusion, chain: list[str], info: dict[str, Any]
+        self, backbone: Backbone, dense: nn.Module, diffusion: Diffusion, chain: list[str], seed: int,
+        info: dict[str, Any],
     ) -> Pruned:
         from benchmark.data import batch_stream, load_dataset
 
-        _seed_everything(self.seed)
+        _seed_everything(seed)
         images = load_dataset(self.preset.dataset)
         ctx = MethodContext(
             backbone=backbone,
@@ -337,9 +346,9 @@ class _Grid:
             options=self.options,
             diffusion=diffusion,
             teacher=copy.deepcopy(dense).eval().requires_grad_(False),
-            batches=lambda: batch_stream(images, self.preset.batch_size, self.seed),
+            batches=lambda: batch_stream(images, self.preset.batch_size, seed),
             train_steps=self.options.train_steps or self.preset.train_steps,
-            seed=self.seed,
+            seed=seed,
             device=self.device,
             progress=self.progress,
         )
@@ -367,7 +376,8 @@ class _Grid:
         return {"params_m": report.params / 1e6, "macs_g": report.total / 1e9, "sparse_macs_g": effective / 1e9}
 
     def _latency(
-        self, backbone: Backbone, dense: nn.Module, diffusion: Diffusion, state: Pruned, cell: dict[str, Any]
+        self, backbone: Backbone, dense: nn.Module, diffusion: Diffusion, state: Pruned, seed: int,
+        cell: dict[str, Any],
     ) -> dict[str, Any]:
         """Milliseconds per network evaluation of the dense model, and of the pruned one as it can run here.
 
@@ -385,7 +395,7 @@ class _Grid:
             return _latency_metrics(dense_ms, pruned_ms, dense_ms / pruned_ms)
         dense_ms = latency.dense_latency_ms(dense, inputs, self.device)
         if state.schedule is not None:
-            without_ms, with_ms = self._sampling_ms_per_step(backbone, state.model, diffusion, state.schedule)
+            without_ms, with_ms = self._sampling_ms_per_step(backbone, state.model, diffusion, state.schedule, seed)
             return _latency_metrics(dense_ms, with_ms, without_ms / with_ms)
         supported, reason = latency.semi_structured_supported(self.device)
         if not supported or state.pattern != NMPattern(2, 4):
@@ -410,7 +420,7 @@ class _Grid:
         )
 
     def _sampling_ms_per_step(
-        self, backbone: Backbone, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor
+        self, backbone: Backbone, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor, seed: int
     ) -> tuple[float, float]:
         """Median sampling time per step at the latency batch, without and with the skip schedule."""
         from benchmark.skipping import scheduled
@@ -418,7 +428,7 @@ class _Grid:
         batch = self.preset.latency_batch
 
         def run(use_schedule: bool) -> float:
-            generator = torch.Generator().manual_seed(self.seed)
+            generator = torch.Generator().manual_seed(seed)
             with scheduled(model, backbone.blocks(model), schedule if use_schedule else None) as on_step:
                 _synchronize(self.device)
                 start = time.perf_counter()
@@ -430,50 +440,56 @@ class _Grid:
         return _alternating_medians(lambda: run(False), lambda: run(True))
 
     def _quality(
-        self, backbone: Backbone, method: str, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor | None
+        self, backbone: Backbone, method: str, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor | None,
+        seed: int,
     ) -> dict[str, Any]:
-        """Sample ``fid_samples`` images with the cell's schedule, save a grid and score FID.
+        """Sample ``fid_samples`` images with the cell's schedule, save a grid and score FID with its interval.
 
         ``fid`` is against real images; ``fid_to_dense`` against the dense model's samples from the
         same noise, i.e. how far the method moves the dense sampler's distribution (0 for ``dense``).
+        Each comes with the sd and 95% interval of a bootstrap over the generated samples.
         """
         from benchmark import plots
         from benchmark.data import load_dataset
         from benchmark.metrics import fid
 
-        n = self.options.fid_samples or self.preset.fid_samples
-        samples = self._samples(backbone, model, diffusion, schedule, n)
-        plots.save_grid(samples[:GRID_IMAGES], self.out_dir / "samples" / f"{cell_stem(backbone.name, method)}.png")
-        stats = self.fid_scorer.stats(samples)
+        n = self.fid_samples()
+        samples = self._samples(backbone, model, diffusion, schedule, n, seed)
+        stem = cell_stem(backbone.name, method, seed)
+        plots.save_grid(samples[:GRID_IMAGES], self.out_dir / "samples" / f"{stem}.png")
+        features = self.fid_scorer.features(samples)
         if method == REFERENCE_METHOD:
-            self._dense_stats[backbone.name] = stats
+            self._dense_features[backbone.name, seed] = features
+            to_dense = fid.FIDEstimate(0.0, 0.0, 0.0, 0.0, 0)
+        else:
+            to_dense = fid.bootstrap_fid(features, self._dense_samples_features(backbone, diffusion, n, seed),
+                                         FID_RESAMPLES, seed)
         dataset = self.preset.dataset
-        real = fid.reference_stats(dataset, n, lambda: load_dataset(dataset), self.fid_scorer)
+        real = fid.reference_features(dataset, n, lambda: load_dataset(dataset), self.fid_scorer)
         return {
-            "fid": fid.frechet_distance(*stats, *real),
-            "fid_to_dense": 0.0 if method == REFERENCE_METHOD else self._fid_to_dense(backbone, diffusion, stats, n),
+            **_estimate_metrics("fid", fid.bootstrap_fid(features, real, FID_RESAMPLES, seed)),
+            **_estimate_metrics("fid_to_dense", to_dense),
             "fid_samples": n,
             "sample_steps": diffusion.sample_steps,
             "sampler": "ddim (eta=0)",
         }
 
-    def _fid_to_dense(self, backbone: Backbone, diffusion: Diffusion, stats: Stats, n: int) -> float:
-        """FID between ``stats`` and the dense samples, drawn again if the dense cell did not run in this run."""
-        from benchmark.metrics.fid import frechet_distance
-
-        if backbone.name not in self._dense_stats:
+    def _dense_samples_features(self, backbone: Backbone, diffusion: Diffusion, n: int, seed: int) -> np.ndarray:
+        """FID features of the dense samples of ``seed``, drawn again if its dense cell did not run in this run."""
+        if (backbone.name, seed) not in self._dense_features:
             dense, _ = self.dense[backbone.name]  # loaded: this backbone has a cell to compute
-            samples = self._samples(backbone, dense, diffusion, None, n)
-            self._dense_stats[backbone.name] = self.fid_scorer.stats(samples)
-        return frechet_distance(*stats, *self._dense_stats[backbone.name])
+            samples = self._samples(backbone, dense, diffusion, None, n, seed)
+            self._dense_features[backbone.name, seed] = self.fid_scorer.features(samples)
+        return self._dense_features[backbone.name, seed]
 
     def _samples(
-        self, backbone: Backbone, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor | None, n: int
+        self, backbone: Backbone, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor | None, n: int,
+        seed: int,
     ) -> torch.Tensor:
-        """``n`` samples from the run's seeded noise, the same for every cell."""
+        """``n`` samples from the seed's noise, the same for every cell of that seed."""
         from benchmark.skipping import scheduled
 
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(seed)
         with scheduled(model, backbone.blocks(model), schedule) as on_step:
             return diffusion.sample(model, n, self.preset.sample_batch, generator, on_step, self.progress)
 
@@ -488,6 +504,11 @@ def _alternating_medians(first: Callable[[], float], second: Callable[[], float]
         timings[0].append(first())
         timings[1].append(second())
     return statistics.median(timings[0]), statistics.median(timings[1])
+
+
+def _estimate_metrics(name: str, estimate: FIDEstimate) -> dict[str, float]:
+    """``name`` and its bootstrap ``_sd``, ``_low`` and ``_high``."""
+    return {name: estimate.value, f"{name}_sd": estimate.sd, f"{name}_low": estimate.low, f"{name}_high": estimate.high}
 
 
 def _latency_metrics(dense_ms: float, sparse_ms: float | str, speedup: float | str) -> dict[str, Any]:

@@ -10,31 +10,55 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-from benchmark import __version__
+from benchmark import __version__, significance
 from benchmark.api import BenchmarkError
-from benchmark.results import REFERENCE_METHOD, SCHEMA_VERSION, CellStore, now_iso
+from benchmark.results import FINETUNE_CONTROL, REFERENCE_METHOD, SCHEMA_VERSION, CellStore, now_iso
 
-COLUMNS = [
-    "backbone", "method", "status", "fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms",
-    "sparse_latency_ms", "speedup", "sparsity", "train_steps", "seed", "sample_steps", "fid_samples", "error",
+CELL_COLUMNS = [
+    "backbone", "method", "seed", "status", "fid", "fid_sd", "fid_to_dense", "fid_to_dense_sd", "params_m",
+    "macs_g", "sparse_macs_g", "latency_ms", "sparse_latency_ms", "speedup", "sparsity", "train_steps",
+    "sample_steps", "fid_samples", "error",
 ]
-FID_COLUMNS = ["fid", "fid_to_dense"]  # headed with their shared sample count, e.g. fid@256
-INTEGER_COLUMNS = ["train_steps", "seed", "sample_steps", "fid_samples"]
+COLUMNS = [
+    "backbone", "method", "status", "seeds", "fid", "fid_low", "fid_high", "fid_std", "vs_reference",
+    "fid_to_dense", "fid_to_dense_low", "fid_to_dense_high", "fid_to_dense_std", "params_m", "macs_g",
+    "sparse_macs_g", "latency_ms", "sparse_latency_ms", "speedup", "sparsity", "train_steps", "sample_steps",
+    "fid_samples", "error",
+]
+FID_COLUMNS = ["fid", "fid_to_dense"]  # headed with their shared sample count, e.g. fid@256, shown as mean ± 95%
+INTERVAL_COLUMNS = [f"{c}_{end}" for c in FID_COLUMNS for end in ("low", "high", "std")]  # csv/json only
+INTEGER_COLUMNS = ["train_steps", "seeds", "sample_steps", "fid_samples"]
 LOWER_IS_BETTER = ["fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms", "sparse_latency_ms"]
 HIGHER_IS_BETTER = ["speedup"]
 FORMATS = ("md", "csv", "json")
 _DECIMALS = {"fid": 2, "fid_to_dense": 2, "speedup": 2, "sparsity": 3}
 _ERROR_WIDTH = 60
+_MARKS = {"lower": "▼ lower", "higher": "▲ higher", "tie": "= tie"}
 
 
-def load_cells(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """One row per cell: grouped by backbone, the dense reference first, failed cells last."""
+def load_cell_rows(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """One row per cell file (per seed), unaggregated."""
     cells = CellStore(out_dir).all_cells()
     if not cells:
         raise BenchmarkError(
             f"no result cells in {Path(out_dir) / 'cells'}; run `python -m benchmark run --out {out_dir}` first"
         )
-    df = pd.DataFrame([_row(cell) for cell in cells], columns=COLUMNS)
+    return pd.DataFrame([_row(cell) for cell in cells], columns=CELL_COLUMNS)
+
+
+def load_cells(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """One row per (backbone, method) over its ok seeds, plus one per failed cell.
+
+    Rows are grouped by backbone, the dense reference first, failed cells last. FID columns hold the
+    mean over seeds with the 95% interval of :func:`benchmark.significance.summarize`; ``vs_reference``
+    says whether the row's FID differs from its reference row's beyond noise.
+    """
+    cells = load_cell_rows(out_dir)
+    ok = cells[cells["status"] == "ok"]
+    rows = [_aggregate(group) for _, group in ok.groupby(["backbone", "method"], sort=False)]
+    rows += [{**record, "seeds": 1} for record in cells[cells["status"] != "ok"].to_dict("records")]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    _mark_against_references(df, ok)
     for column in INTEGER_COLUMNS:
         df[column] = pd.to_numeric(df[column]).astype("Int64")
     order = df.assign(
@@ -44,9 +68,15 @@ def load_cells(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
     return df.loc[order.index].reset_index(drop=True)
 
 
+def reference_of(method: str, train_steps: Any) -> str:
+    """The row a method is judged against: ``dense-ft`` for weight-training methods, else ``dense``."""
+    trains = train_steps is not None and train_steps is not pd.NA and float(train_steps) > 0
+    return FINETUNE_CONTROL if trains and method != FINETUNE_CONTROL else REFERENCE_METHOD
+
+
 def _row(cell: dict[str, Any]) -> dict[str, Any]:
     metrics = cell.get("metrics") or {}
-    row = {column: metrics.get(column) for column in COLUMNS}
+    row = {column: metrics.get(column) for column in CELL_COLUMNS}
     row.update(
         backbone=cell["backbone"],
         method=cell["method"],
@@ -55,6 +85,54 @@ def _row(cell: dict[str, Any]) -> dict[str, Any]:
         error=cell.get("error"),
     )
     return row
+
+
+def _aggregate(group: pd.DataFrame) -> dict[str, Any]:
+    """One row from a (backbone, method)'s ok cells: FID summaries over seeds, other numbers averaged."""
+    first = group.iloc[0]
+    row: dict[str, Any] = {column: first.get(column) for column in COLUMNS if column in group}
+    row.update(status="ok", seeds=len(group), error=None)
+    for metric in FID_COLUMNS:
+        values = pd.to_numeric(group[metric], errors="coerce").dropna()
+        if values.empty:
+            row[metric] = None
+            continue
+        sds = pd.to_numeric(group.loc[values.index, f"{metric}_sd"], errors="coerce").tolist()
+        summary = significance.summarize(values.tolist(), sds)
+        row.update({metric: summary.mean, f"{metric}_std": summary.std})
+        if any(math.isfinite(sd) for sd in sds):  # cells of schema 1 carry no bootstrap
+            row.update({f"{metric}_low": summary.low, f"{metric}_high": summary.high})
+    for column in ("params_m", "macs_g", "sparse_macs_g", "latency_ms", "sparse_latency_ms", "speedup", "sparsity"):
+        numbers = pd.to_numeric(group[column], errors="coerce")
+        row[column] = float(numbers.mean()) if numbers.notna().all() else first[column]  # text such as "n/a"
+    return row
+
+
+def _mark_against_references(df: pd.DataFrame, ok: pd.DataFrame) -> None:
+    """Fill ``vs_reference``: e.g. ``▼ lower than dense-ft (p=0.003)``; ``reference`` on the dense rows."""
+    seeds = {key: group for key, group in ok.groupby(["backbone", "method"], sort=False)}
+    df["vs_reference"] = df["vs_reference"].astype(object)
+    for index, row in df[df["status"] == "ok"].iterrows():
+        if row["method"] == REFERENCE_METHOD:
+            df.at[index, "vs_reference"] = "reference"
+            continue
+        reference = reference_of(row["method"], row["train_steps"])
+        mine, theirs = seeds[row["backbone"], row["method"]], seeds.get((row["backbone"], reference))
+        if theirs is None:
+            df.at[index, "vs_reference"] = f"n/a (no {reference} row)"
+            continue
+        comparison = significance.compare(
+            mine["fid"].tolist(), _sds(mine), theirs["fid"].tolist(), _sds(theirs)
+        )
+        df.at[index, "vs_reference"] = (
+            f"{_MARKS[comparison.verdict]} than {reference} (p={comparison.p_value:.2g})"
+            if comparison.verdict != "tie"
+            else f"{_MARKS['tie']} with {reference} (p={comparison.p_value:.2g})"
+        )
+
+
+def _sds(group: pd.DataFrame) -> list[float]:
+    return pd.to_numeric(group["fid_sd"], errors="coerce").fillna(0.0).tolist()
 
 
 def render(df: pd.DataFrame, fmt: str) -> str:
@@ -101,14 +179,14 @@ def _markdown(df: pd.DataFrame) -> str:
     table = df.copy()
     fid_samples = table.loc[table["status"] == "ok", "fid_samples"].dropna().unique()
     at = f"@{fid_samples[0]}" if len(fid_samples) == 1 else ""
-    shown = [c for c in COLUMNS if not (c == "fid_samples" and len(fid_samples) == 1)]
+    shown = [c for c in COLUMNS if c not in INTERVAL_COLUMNS and not (c == "fid_samples" and len(fid_samples) == 1)]
     if (table["status"] == "ok").all():
         shown.remove("error")
     headers = [_header(c, at) for c in shown]
     rows = []
     previous_backbone = None
-    for record in table[shown].to_dict("records"):
-        cells = [_cell(c, record[c]) for c in shown]
+    for record in table.to_dict("records"):
+        cells = [_interval(c, record) if c in FID_COLUMNS else _cell(c, record[c]) for c in shown]
         if record["backbone"] == previous_backbone:
             cells[0] = ""  # group rows under their backbone
         previous_backbone = record["backbone"]
@@ -117,8 +195,10 @@ def _markdown(df: pd.DataFrame) -> str:
     return (
         "# Leaderboard\n\n"
         f"Generated {now_iso()} by diffprune-bench {__version__} (cell schema {SCHEMA_VERSION}) "
-        f"from {len(df)} cells. ↓ lower is better, ↑ higher is better; each backbone's `dense` row is "
-        "the reference.\n\n"
+        f"from {int(df['seeds'].sum())} cells. ↓ lower is better, ↑ higher is better. FIDs are means over "
+        "`seeds` with their 95% interval (± half-width); `vs_reference` compares each row's FID with its "
+        "reference row (`dense-ft` for methods that train weights, else `dense`) by Welch's t-test at "
+        "p < 0.05, a difference inside the noise being a tie (results/README.md).\n\n"
         f"{body}\n"
     )
 
@@ -131,6 +211,15 @@ def _header(column: str, at: str) -> str:
     if column in HIGHER_IS_BETTER:
         return f"{name} ↑"
     return name
+
+
+def _interval(column: str, record: dict[str, Any]) -> str:
+    """``mean ± half-width`` of the 95% interval, or the bare mean where a cell carries no interval."""
+    mean, low, high = (record.get(name) for name in (column, f"{column}_low", f"{column}_high"))
+    text = _cell(column, mean)
+    if not text or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)):
+        return text
+    return f"{text} ± {(high - low) / 2:.{_DECIMALS[column]}f}"
 
 
 def _cell(column: str, value: Any) -> str:

@@ -48,6 +48,10 @@ def _scatter(rows: pd.DataFrame, x: pd.Series, xlabel: str, title: str, path: Pa
     for backbone, marker in markers.items():  # one front per backbone: their FIDs do not compare
         mine = rows["backbone"] == backbone
         points = ax.scatter(x[mine], rows["fid"][mine], marker=marker, label=backbone, alpha=0.8)
+        low, high = _numeric(rows, "fid_low")[mine], _numeric(rows, "fid_high")[mine]
+        if low.notna().any():  # the 95% interval of each row's FID
+            ax.errorbar(x[mine], rows["fid"][mine], yerr=[rows["fid"][mine] - low, high - rows["fid"][mine]],
+                        fmt="none", ecolor=points.get_facecolor()[0], elinewidth=1, capsize=3, alpha=0.6)
         ax.plot(*pareto_front(x[mine], rows["fid"][mine]), linestyle="--", linewidth=1,
                 color=points.get_facecolor()[0], label=f"{backbone} Pareto front")
     dense = rows["method"] == "dense"

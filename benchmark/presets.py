@@ -2,8 +2,24 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 from benchmark.api import BenchmarkError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one training budget is optimised: AdamW at ``lr`` after a linear warm-up, then decayed.
+
+    ``decay="cosine"`` anneals the learning rate to zero at the budget's last step. ``ema_decay``
+    keeps an exponential moving average of the weights (torch's ``AveragedModel``); the trained
+    model ends up holding the average, not the last iterate.
+    """
+
+    lr: float
+    warmup_steps: int = 0
+    decay: Literal["constant", "cosine"] = "constant"
+    ema_decay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -13,10 +29,10 @@ class Preset:
     image_size: int
     channels: int
     batch_size: int  # training batch, the same for every method
-    lr: float  # AdamW learning rate, the same for every method
+    finetune: Recipe  # how every weight-training method is fine-tuned
     train_steps: int  # optimizer steps each weight-training method gets
+    dense: Recipe  # how `train-dense` trains a reference from scratch
     dense_train_steps: int  # steps `train-dense` uses when no checkpoint is given
-    dense_lr: float  # learning rate of `train-dense` (training from scratch wants more than fine-tuning)
     sample_steps: int  # DDIM steps per generated image
     fid_samples: int  # generated (and reference) images per FID
     sample_batch: int  # images per sampling batch
@@ -36,10 +52,10 @@ PRESETS: dict[str, Preset] = {
             image_size=16,
             channels=1,
             batch_size=64,
-            lr=2e-4,
+            finetune=Recipe(lr=2e-4, warmup_steps=0, decay="cosine"),
             train_steps=300,
-            dense_train_steps=9_000,
-            dense_lr=1e-3,
+            dense=Recipe(lr=1e-3, warmup_steps=500, decay="cosine", ema_decay=0.9995),
+            dense_train_steps=20_000,
             sample_steps=50,  # at 20, reusing every other step is a 10-step DDIM: samplers, not schedules, get compared
             fid_samples=256,
             sample_batch=128,
@@ -52,10 +68,10 @@ PRESETS: dict[str, Preset] = {
             image_size=32,
             channels=3,
             batch_size=128,
-            lr=2e-4,
+            finetune=Recipe(lr=2e-4, warmup_steps=1_000, decay="cosine"),
             train_steps=100_000,
+            dense=Recipe(lr=2e-4, warmup_steps=5_000, decay="constant", ema_decay=0.9999),  # DDPM's recipe
             dense_train_steps=500_000,
-            dense_lr=2e-4,
             sample_steps=100,
             fid_samples=10_000,
             sample_batch=500,

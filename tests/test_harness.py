@@ -1,7 +1,7 @@
 """The grid runner on a tiny fake backbone with fake (and two real) methods.
 
 To stay fast these tests replace two things: the dense checkpoint is a freshly seeded fake network
-(no dense training), and FID statistics are taken of raw pixels instead of Inception features
+saved to a file (no dense training), and FID features are raw pixels instead of Inception features
 (the "real images" are seeded uniform noise). Everything else is the real pipeline:
 training, N:M validation, MACs, latency, sampling, cell files and the leaderboard.
 """
@@ -108,17 +108,17 @@ FAKES = {
 }
 
 
-def pixel_stats(scorer, images, progress=None):
-    return fid.feature_stats(images.flatten(1).numpy())
+def pixel_features(scorer, images, progress=None):
+    return images.flatten(1).double().numpy()
 
 
-def fake_reference_stats(dataset_name, n, images_fn, scorer):
+def fake_reference_features(dataset_name, n, images_fn, scorer):
     shape = (n, UNIT.channels, UNIT.image_size, UNIT.image_size)
-    return pixel_stats(scorer, torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    return pixel_features(scorer, torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1)
 
 
 @pytest.fixture
-def registries(monkeypatch):
+def registries(monkeypatch, tmp_path_factory):
     methods: Registry[Method] = Registry("method", Method)
     for method in (Dense(), ASP(), UniformSkip(), *(fake_method(n, b) for n, b in FAKES.items())):
         methods.add(method, "tests")
@@ -126,43 +126,46 @@ def registries(monkeypatch):
     backbones.add(TinyBackbone(), "tests")
 
     def fresh_dense(backbone, preset, options, device, progress=True):
+        path = tmp_path_factory.mktemp("dense") / f"{backbone.name}.pt"
         torch.manual_seed(1234)
-        return backbone.build(preset).to(device).eval()
+        torch.save(backbone.build(preset).state_dict(), path)
+        return path
 
-    monkeypatch.setattr(checkpoints, "load_dense", fresh_dense)
-    monkeypatch.setattr(fid.FIDScorer, "stats", pixel_stats)
-    monkeypatch.setattr(fid, "reference_stats", fake_reference_stats)
+    monkeypatch.setattr(checkpoints, "dense_checkpoint", fresh_dense)
+    monkeypatch.setattr(fid.FIDScorer, "features", pixel_features)
+    monkeypatch.setattr(fid, "reference_features", fake_reference_features)
+    monkeypatch.setattr(fid, "ensure_weights_available", lambda: "fake-weights")
     CALLS.clear()
     return Registries(methods, backbones, {"tests": "builtin"})
 
 
-def run(registries, tmp_path, methods, options=None):
+def run(registries, tmp_path, methods, options=None, seeds=(0,)):
     return harness.run_grid(
-        registries, methods, ["tiny-net"], UNIT, options or RunOptions(), seed=0, device="cpu",
+        registries, methods, ["tiny-net"], UNIT, options or RunOptions(), seeds=list(seeds), device="cpu",
         out_dir=tmp_path, progress=False,
     )  # fmt: skip
 
 
 def test_failing_cells_are_recorded_and_the_rest_goes_on(registries, tmp_path):
     summary = run(registries, tmp_path, ["explode", "counting", "nan-loss", "false-mask", "asp", "uniform-skip"])
-    assert sorted(m for _, m in summary.failed) == ["explode", "false-mask", "nan-loss"]
-    assert [m for _, m in summary.ok] == ["dense", "counting", "asp", "uniform-skip"]  # dense was not requested
+    assert sorted(m for _, m, _ in summary.failed) == ["explode", "false-mask", "nan-loss"]
+    assert [m for _, m, _ in summary.ok] == ["dense", "counting", "asp", "uniform-skip"]  # dense was not requested
 
     store = CellStore(tmp_path)
     errors = {"explode": "RuntimeError: kaboom", "nan-loss": "NonFiniteLossError", "false-mask": "MaskValidationError"}
     for method, error in errors.items():
-        cell = store.read("tiny-net", method)
+        cell = store.read("tiny-net", method, 0)
         assert cell["status"] == "failed" and cell["error"].startswith(error)
         assert cell["traceback"].startswith("Traceback") and error.split(":")[0] in cell["traceback"]
 
-    dense, asp, skip = (store.read("tiny-net", m)["metrics"] for m in ("dense", "asp", "uniform-skip"))
+    dense, asp, skip = (store.read("tiny-net", m, 0)["metrics"] for m in ("dense", "asp", "uniform-skip"))
     assert dense["sparsity"] == 0.0 and dense["sparse_macs_g"] == dense["macs_g"] > 0
     assert isinstance(dense["speedup"], float) and dense["fid_samples"] == UNIT.fid_samples
     assert asp["sparsity"] == pytest.approx(0.5) and asp["sparse_macs_g"] < asp["macs_g"]
     assert asp["sparse_latency_ms"] == asp["speedup"] == NA_CUDA
     assert asp["train_steps"] == UNIT.train_steps
     assert skip["sparse_macs_g"] < skip["macs_g"] and skip["sparse_latency_ms"] > 0 and skip["speedup"] > 0
-    assert (tmp_path / "samples" / "tiny-net__asp.png").is_file()
+    assert (tmp_path / "samples" / "tiny-net__asp__seed0.png").is_file()
 
     board = json.loads((tmp_path / "leaderboard.json").read_text())["records"]
     assert [(r["method"], r["status"]) for r in board][0] == ("dense", "ok")
@@ -176,12 +179,12 @@ def test_resume_skips_complete_cells(registries, tmp_path):
 
     second = run(registries, tmp_path, ["counting", "explode"])
     assert CALLS == {"counting": 1, "explode": 2}  # only the failed cell ran again
-    assert second.skipped == [("tiny-net", "dense"), ("tiny-net", "counting")]
+    assert second.skipped == [("tiny-net", "dense", 0), ("tiny-net", "counting", 0)]
 
     run(registries, tmp_path, ["counting"], RunOptions(srste_decay=1e-3))  # stale config hash
     assert CALLS["counting"] == 2
 
-    path = CellStore(tmp_path).path("tiny-net", "counting")
+    path = CellStore(tmp_path).path("tiny-net", "counting", 0)
     path.write_text(path.read_text()[:50])  # e.g. killed mid-write by an older, non-atomic writer
     with pytest.warns(UserWarning, match="recomputed"):
         run(registries, tmp_path, ["counting"], RunOptions(srste_decay=1e-3))
@@ -192,14 +195,14 @@ def test_fid_to_dense_compares_with_the_dense_samples_even_on_resume(registries,
     run(registries, tmp_path / "together", ["counting", "uniform-skip"])
     run(registries, tmp_path / "resumed", ["counting"])
     resumed = run(registries, tmp_path / "resumed", ["counting", "uniform-skip"])
-    assert resumed.skipped == [("tiny-net", "dense"), ("tiny-net", "counting")]  # dense samples drawn again
+    assert resumed.skipped == [("tiny-net", "dense", 0), ("tiny-net", "counting", 0)]  # dense samples drawn again
 
     together, later = (CellStore(tmp_path / d) for d in ("together", "resumed"))
-    metrics = {m: together.read("tiny-net", m)["metrics"] for m in ("dense", "counting", "uniform-skip")}
+    metrics = {m: together.read("tiny-net", m, 0)["metrics"] for m in ("dense", "counting", "uniform-skip")}
     assert metrics["dense"]["fid_to_dense"] == 0.0
     assert metrics["counting"]["fid_to_dense"] == pytest.approx(0.0, abs=1e-3)  # same model, same noise: 0 up to rounding
     assert metrics["uniform-skip"]["fid_to_dense"] > 1e-3
-    assert later.read("tiny-net", "uniform-skip")["metrics"]["fid_to_dense"] == metrics["uniform-skip"]["fid_to_dense"]
+    assert later.read("tiny-net", "uniform-skip", 0)["metrics"]["fid_to_dense"] == metrics["uniform-skip"]["fid_to_dense"]
     assert metrics["uniform-skip"]["fid"] != metrics["uniform-skip"]["fid_to_dense"]  # the other reference
 
 
@@ -230,7 +233,7 @@ def test_2to4_latency_report_where_kernels_exist(registries, tmp_path, monkeypat
     monkeypatch.setattr(latency, "semi_structured_supported", lambda device: (True, "fake sm90"))
     monkeypatch.setattr(latency, "sparse_latency_report", fake_report)
     run(registries, tmp_path, ["asp"])
-    cell = CellStore(tmp_path).read("tiny-net", "asp")
+    cell = CellStore(tmp_path).read("tiny-net", "asp", 0)
     assert (cell["metrics"]["sparse_latency_ms"], cell["metrics"]["speedup"]) == (0.5, 1.2)
     assert cell["latency_report"]["headline_mode"] == "graphed"  # the fused mode failed to capture
     assert cell["latency_report"]["batches"][0]["batch"] == UNIT.latency_batch
@@ -246,7 +249,7 @@ def test_cli_exit_code_when_a_cell_failed(registries, tmp_path, monkeypatch, cap
     captured = capsys.readouterr()
     assert code == 1
     assert "2 ok, 1 failed, 0 skipped" in captured.out
-    assert "failed: tiny-net/explode" in captured.err
+    assert "failed: tiny-net/explode seed 0" in captured.err
 
 
 def test_expand_methods(registries):
@@ -263,3 +266,66 @@ def test_invalid_input_fails_before_any_cell(registries, tmp_path):
     with pytest.raises(BenchmarkError, match="unknown method 'nosuch'"):
         run(registries, tmp_path, ["counting", "asp+nosuch"])
     assert not CALLS and not tmp_path.joinpath("cells").exists()
+
+
+def test_seeds_are_cells_of_their_own_and_the_leaderboard_aggregates_them(registries, tmp_path):
+    summary = run(registries, tmp_path, ["counting"], seeds=(0, 1))
+    assert summary.ok == [("tiny-net", m, s) for s in (0, 1) for m in ("dense", "counting")]
+    store = CellStore(tmp_path)
+    fids = [store.read("tiny-net", "dense", seed)["metrics"]["fid"] for seed in (0, 1)]
+    assert fids[0] != fids[1]  # other noise, other samples
+    assert run(registries, tmp_path, ["counting"], seeds=(1, 2)).skipped == [
+        ("tiny-net", "dense", 1), ("tiny-net", "counting", 1)
+    ]
+
+    board = json.loads((tmp_path / "leaderboard.json").read_text())["records"]
+    dense = next(r for r in board if r["method"] == "dense")
+    assert dense["seeds"] == 3 and dense["fid_low"] < dense["fid"] < dense["fid_high"] and dense["fid_std"] > 0
+    counting = next(r for r in board if r["method"] == "counting")
+    assert counting["vs_reference"].startswith("= tie with dense")  # the same model: no difference
+
+
+def test_every_fid_carries_a_bootstrap_interval(registries, tmp_path):
+    run(registries, tmp_path, ["uniform-skip"])
+    store = CellStore(tmp_path)
+    skip, dense = (store.read("tiny-net", m, 0)["metrics"] for m in ("uniform-skip", "dense"))
+    for name in ("fid", "fid_to_dense"):
+        assert skip[f"{name}_low"] < skip[name] < skip[f"{name}_high"] and skip[f"{name}_sd"] > 0
+    assert dense["fid_to_dense"] == dense["fid_to_dense_sd"] == 0.0
+    assert store.read("tiny-net", "dense", 0)["config"]["fid"] == {"weights": "fake-weights", "bootstrap_resamples": 200}
+
+
+def test_a_dense_checkpoint_is_known_by_its_content(registries, tmp_path, monkeypatch):
+    path = tmp_path / "ckpt" / "tiny-net-unit.pt"
+    path.parent.mkdir()
+    monkeypatch.setattr(checkpoints, "dense_checkpoint", lambda *args, **kwargs: path)
+    for seed in (1, 2):  # other weights under the same file name
+        torch.manual_seed(seed)
+        torch.save(TinyNet(UNIT.channels).state_dict(), path)
+        run(registries, tmp_path / "run", ["counting"])
+    assert CALLS["counting"] == 2
+    run(registries, tmp_path / "run", ["counting"])
+    assert CALLS["counting"] == 2
+    ident = CellStore(tmp_path / "run").read("tiny-net", "counting", 0)["config"]["dense_checkpoint"]
+    assert ident == "sha256:" + checkpoints.sha256_file(path)
+
+
+def test_too_many_fid_samples_fail_before_any_cell(registries, tmp_path):
+    with pytest.raises(BenchmarkError, match=r"--fid-samples 100000 .* has 5000 images \(allowed: 2 to 5000\)"):
+        run(registries, tmp_path, ["counting"], RunOptions(fid_samples=100_000))
+    assert not CALLS and not tmp_path.joinpath("cells").exists()
+
+
+def test_missing_inception_weights_fail_before_any_cell(registries, tmp_path, monkeypatch):
+    def no_weights():
+        raise BenchmarkError("FID needs the Inception weights")
+
+    monkeypatch.setattr(fid, "ensure_weights_available", no_weights)
+    with pytest.raises(BenchmarkError, match="Inception weights"):
+        run(registries, tmp_path, ["counting"])
+    assert not CALLS and not tmp_path.joinpath("cells").exists()
+
+
+def test_repeated_seeds_are_refused(registries, tmp_path):
+    with pytest.raises(BenchmarkError, match="distinct"):
+        run(registries, tmp_path, ["counting"], seeds=(0, 0))

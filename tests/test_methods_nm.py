@@ -8,7 +8,7 @@ from torch import nn
 
 from benchmark.api import Backbone, MethodContext, NMPattern, Pruned, RunOptions
 from benchmark.diffusion import Diffusion
-from benchmark.presets import get_preset
+from benchmark.presets import Recipe, get_preset
 from benchmark.sparsity import nm_mask, validate_nm
 from methods import asp, progressive, sparsedm, ste
 from methods.asp import ASP
@@ -63,7 +63,9 @@ def make_context(teacher: nn.Module) -> MethodContext:
         while True:
             yield torch.rand(4, 1, 8, 8, generator=generator) * 2 - 1
 
-    preset = dataclasses.replace(get_preset("tiny"), image_size=8, batch_size=4, lr=1e-3, train_steps=BUDGET)
+    preset = dataclasses.replace(
+        get_preset("tiny"), image_size=8, batch_size=4, finetune=Recipe(lr=1e-3), train_steps=BUDGET
+    )
     return MethodContext(
         backbone=TinyBackbone(),
         preset=preset,

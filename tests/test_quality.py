@@ -8,7 +8,7 @@ from benchmark.api import RunOptions
 from benchmark.checkpoints import find_dense_checkpoint
 from benchmark.data import load_dataset, to_model_range
 from benchmark.diffusion import Diffusion
-from benchmark.metrics.fid import FIDScorer, fid_helper_torchscript, frechet_distance, hub_weights_path
+from benchmark.metrics.fid import FIDScorer, fid_from_features, fid_helper_torchscript, hub_weights_path
 from benchmark.plugins import build_registries
 from benchmark.presets import get_preset
 
@@ -26,7 +26,7 @@ BACKBONES = build_registries().backbones
 def scorer_and_reference():
     scorer = FIDScorer(progress=False)
     real = to_model_range(load_dataset(TINY.dataset)[torch.randperm(5000, generator=torch.Generator().manual_seed(1))[:N]])
-    return scorer, scorer.stats(real)
+    return scorer, scorer.features(real)
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())
@@ -39,7 +39,7 @@ def test_shipped_dense_checkpoint_beats_untrained(name, scorer_and_reference):
 
     def fid_of(model: torch.nn.Module) -> float:
         samples = diffusion.sample(model, N, N, torch.Generator().manual_seed(0))
-        return frechet_distance(*scorer.stats(samples), *reference)
+        return fid_from_features(scorer.features(samples), reference)
 
     torch.manual_seed(0)
     untrained = backbone.build(TINY)

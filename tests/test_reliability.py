@@ -99,7 +99,7 @@ def test_sigkill_then_rerun_loses_nothing_and_gives_the_same_leaderboard(tmp_pat
     rerun = run(out, env)
     assert rerun.returncode == 0, rerun.stderr
     after = cells(out)
-    assert set(after) == set(cells(reference)) == {"ddpm__dense", "ddpm__asp", "ddpm__ste"}
+    assert set(after) == set(cells(reference)) == {"ddpm__dense__seed0", "ddpm__asp__seed0", "ddpm__ste__seed0"}
     for stem, cell in survivors.items():  # cells written before the kill were kept, not recomputed
         assert after[stem]["finished"] == cell["finished"]
     assert_same_numbers(out, reference)
@@ -110,11 +110,11 @@ def test_sigkill_then_rerun_loses_nothing_and_gives_the_same_leaderboard(tmp_pat
 def test_truncated_cell_is_recomputed_with_a_warning(tmp_path, env, reference):
     out = tmp_path / "truncated"
     assert run(out, env).returncode == 0
-    broken = out / "cells" / "ddpm__asp.json"
+    broken = out / "cells" / "ddpm__asp__seed0.json"
     broken.write_text(broken.read_text()[:40])
     rerun = run(out, env)
     assert rerun.returncode == 0, rerun.stderr
-    assert "ignoring unreadable result file" in rerun.stderr and "ddpm__asp.json" in rerun.stderr
+    assert "ignoring unreadable result file" in rerun.stderr and "ddpm__asp__seed0.json" in rerun.stderr
     assert_same_numbers(out, reference)
 
 
@@ -123,11 +123,11 @@ def test_same_seed_gives_same_masks_and_metrics(tmp_path, env, reference):
     assert run(again, env).returncode == 0
     assert_same_numbers(reference, again)
     first = deterministic_view(reference)
-    for stem in ("ddpm__asp", "ddpm__ste"):
+    for stem in ("ddpm__asp__seed0", "ddpm__ste__seed0"):
         assert first[stem]["mask_digest"] is not None
     other = tmp_path / "seed1"
     assert run(other, env, seed=1).returncode == 0
     reseeded = deterministic_view(other)
     # ASP's one-shot mask comes from the shared dense checkpoint alone; the seed changes data and noise
-    assert reseeded["ddpm__asp"]["mask_digest"] == first["ddpm__asp"]["mask_digest"]
-    assert reseeded["ddpm__dense"]["fid"] != pytest.approx(first["ddpm__dense"]["fid"], abs=1e-6)
+    assert reseeded["ddpm__asp__seed1"]["mask_digest"] == first["ddpm__asp__seed0"]["mask_digest"]
+    assert reseeded["ddpm__dense__seed1"]["fid"] != pytest.approx(first["ddpm__dense__seed0"]["fid"], abs=1e-6)

