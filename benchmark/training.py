@@ -74,7 +74,7 @@ class Optimisation:
             self.optimizer, lambda step: lr_factor(recipe, start_step + step, total_steps)
         )
         self.ema = (
-            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay))
             if recipe.ema_decay is not None
             else None
         )
@@ -162,5 +162,7 @@ def train(
     finally:
         model.train(was_training)
     if optimisation.ema is not None and stream.step >= optimisation.total_steps:  # the budget is spent
-        model.load_state_dict(optimisation.ema.module.state_dict())
+        with torch.no_grad():  # parameters only: buffers such as N:M masks stay the model's own
+            for mine, averaged in zip(model.parameters(), optimisation.ema.module.parameters()):
+                mine.copy_(averaged)
     return losses
