@@ -250,3 +250,26 @@ def test_a_stage_with_a_fresh_optimizer_continues_the_budgets_schedule():
     train(model, ctx, 4, stream=stream)
     later = Optimisation(model, ctx.preset.finetune, ctx.train_steps, stream.step)
     assert later.optimizer.param_groups[0]["lr"] == pytest.approx(lr_factor(ctx.preset.finetune, 4, 10))
+
+
+def test_a_checkpoint_is_identified_by_its_content(cache):
+    path = train_dense(FakeBackbone(), PRESET, 1, 0, cache / "cache" / "dense" / "fake-tiny.pt", progress=False)
+    first = checkpoints.checkpoint_id(path)
+    assert first == "sha256:" + sha256_file(path)
+    train_dense(FakeBackbone(), PRESET, 2, 0, path, progress=False)  # retrained under the same name
+    assert checkpoints.checkpoint_id(path) != first
+
+    folder = cache / "diffusers"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    ident = checkpoints.checkpoint_id(folder)
+    (folder / "config.json").write_text('{"changed": 1}')
+    assert ident.startswith("sha256-dir:") and checkpoints.checkpoint_id(folder) != ident
+
+
+def test_shipped_checkpoints_match_their_recorded_hash():
+    for sidecar in checkpoints.SHIPPED_WEIGHTS_DIR.glob("*.pt.json"):
+        meta = json.loads(sidecar.read_text())
+        weights = sidecar.with_name(sidecar.name.removesuffix(".json"))
+        assert meta["sha256"] == sha256_file(weights), weights.name
+        assert weights.stat().st_size <= 5 * 2**20, weights.name
