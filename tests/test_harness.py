@@ -329,3 +329,15 @@ def test_missing_inception_weights_fail_before_any_cell(registries, tmp_path, mo
 def test_repeated_seeds_are_refused(registries, tmp_path):
     with pytest.raises(BenchmarkError, match="distinct"):
         run(registries, tmp_path, ["counting"], seeds=(0, 0))
+
+
+def test_a_chain_runs_as_one_cell_with_masks_and_a_schedule(registries, tmp_path):
+    run(registries, tmp_path, ["asp", "uniform-skip", "asp+uniform-skip"])
+    store = CellStore(tmp_path)
+    asp, skip, chain = (store.read("tiny-net", m, 0) for m in ("asp", "uniform-skip", "asp+uniform-skip"))
+    assert chain["status"] == "ok" and sorted(chain["info"]) == ["asp", "uniform-skip"]
+    metrics = chain["metrics"]
+    assert metrics["sparsity"] == pytest.approx(0.5) and chain["mask_digest"] == asp["mask_digest"]  # N:M validated
+    assert metrics["sparse_macs_g"] < min(asp["metrics"]["sparse_macs_g"], skip["metrics"]["sparse_macs_g"])
+    assert isinstance(metrics["speedup"], float) and metrics["speedup"] > 0  # the schedule's branch, dense kernels
+    assert metrics["train_steps"] == UNIT.train_steps
