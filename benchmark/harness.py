@@ -141,7 +141,7 @@ def run_grid(
         raise BenchmarkError(f"seeds must be distinct and at least one, got {list(seeds)}")
     grid.check_fid_inputs()
     grid.store.ensure_writable()
-    grid.prepare_dense(backbones)
+    grid.identify_dense(backbones)
 
     unique_chains = [[REFERENCE_METHOD]]  # every backbone gets its reference row
     for chain in chains:
@@ -158,6 +158,8 @@ def run_grid(
                     grid.say(f"{backbone}/{method} seed {seed}: already complete, skipped")
                 else:
                     pending.append((backbone, chain, seed, config))
+    needed = {backbone for backbone, _, _, _ in pending}
+    grid.load_dense_models([backbone for backbone in backbones if backbone in needed])
 
     for index, (backbone, chain, seed, config) in enumerate(pending, 1):
         label = f"[{index}/{len(pending)}] {backbone}/{CHAIN_SEPARATOR.join(chain)} seed {seed}"
@@ -196,7 +198,8 @@ class _Grid:
         self._fid_scorer: FIDScorer | None = None
         self._fid_weights: str | None = None  # identity of the Inception weights, checked before any cell
         self._dense_features: dict[tuple[str, int], np.ndarray] = {}  # FID features of dense samples by seed
-        self._checkpoint_ids: dict[str, str] = {}
+        self._checkpoint_ids: dict[str, str] = {}  # by content, part of every cell's config
+        self._checkpoint_paths: dict[str, Path] = {}
 
     @property
     def fid_scorer(self) -> FIDScorer:
@@ -242,8 +245,28 @@ class _Grid:
             )
         self._fid_weights = fid.ensure_weights_available()
 
-    def prepare_dense(self, backbones: list[str]) -> None:
-        """Find (or train) and load each backbone's dense checkpoint, and identify it by content.
+    def identify_dense(self, backbones: list[str]) -> None:
+        """Find (or train) each backbone's dense checkpoint and identify it by content, before any cell.
+
+        A failure is kept and fails that backbone's cells.
+        """
+        from benchmark import checkpoints
+
+        for name in backbones:
+            backbone = self.registries.backbones.get(name)
+            try:
+                path = checkpoints.dense_checkpoint(backbone, self.preset, self.options, self.device, self.progress)
+                self._checkpoint_ids[name] = checkpoints.checkpoint_id(path)
+            except (BenchmarkError, KeyboardInterrupt):
+                raise
+            except Exception as e:
+                self._checkpoint_ids[name] = "unavailable"
+                self.dense[name] = e
+            else:
+                self._checkpoint_paths[name] = path
+
+    def load_dense_models(self, backbones: list[str]) -> None:
+        """Load the dense model of each backbone that has a cell to compute.
 
         A user-given checkpoint that cannot be loaded is an input error; any other failure is kept
         and fails that backbone's cells.
@@ -251,19 +274,19 @@ class _Grid:
         from benchmark import checkpoints
 
         for name in backbones:
-            backbone = self.registries.backbones.get(name)
+            if name not in self._checkpoint_paths:
+                continue  # finding or training it failed: kept in self.dense
             start = time.perf_counter()
             try:
-                path = checkpoints.dense_checkpoint(backbone, self.preset, self.options, self.device, self.progress)
-                self._checkpoint_ids[name] = checkpoints.checkpoint_id(path)
-                model = checkpoints.load_dense(backbone, self.preset, path, self.device)
+                model = checkpoints.load_dense(
+                    self.registries.backbones.get(name), self.preset, self._checkpoint_paths[name], self.device
+                )
             except (BenchmarkError, KeyboardInterrupt):
                 raise
             except Exception as e:
                 given = self.options.checkpoints.get(name)
                 if given is not None:
                     raise BenchmarkError(f"cannot load dense checkpoint {given} for {name!r}: {e}") from e
-                self._checkpoint_ids.setdefault(name, "unavailable")
                 self.dense[name] = e
             else:
                 self.dense[name] = (model.eval().requires_grad_(False), time.perf_counter() - start)

@@ -66,7 +66,6 @@ class Optimisation:
     """
 
     def __init__(self, model: nn.Module, recipe: Recipe, total_steps: int, start_step: int = 0):
-        self.recipe = recipe
         self.total_steps = total_steps
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=recipe.lr, weight_decay=0.0)
@@ -85,10 +84,6 @@ class Optimisation:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(model)
-
-    def averaged(self, model: nn.Module) -> nn.Module:
-        """The EMA of ``model``'s weights when the recipe keeps one, else ``model`` itself."""
-        return model if self.ema is None else self.ema.module
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -119,9 +114,9 @@ def train(
     """Train ``model``'s trainable parameters for ``steps`` AdamW steps on the noise-prediction loss.
 
     The recipe (learning rate, warm-up, decay, EMA) is ``ctx.preset.finetune`` over ``ctx.train_steps``,
-    from the stream's position in that budget, unless an ``optimisation`` is given; with an EMA, the model holds the averaged weights once the
-    budget's last step is taken. Batches come from ``ctx.batches()`` and timesteps/noise from a generator seeded with
-    ``ctx.seed``, so two calls with the same context see identical inputs; pass one ``stream`` (and
+    from the stream's position in that budget, unless an ``optimisation`` is given; with an EMA, the
+    model holds the averaged weights once the budget's last step is taken. Batches come from
+    ``ctx.batches()`` and timesteps/noise from a generator seeded with ``ctx.seed``, so two calls with the same context see identical inputs; pass one ``stream`` (and
     ``optimisation``) to several calls to continue where the previous call stopped.
     ``extra_loss(model, x_t, t, noise, pred)`` is added to the MSE; ``before_step(step)`` runs before
     the forward pass and ``after_step(step, loss)`` after the optimizer step (``step`` counts the stream's

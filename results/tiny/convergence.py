@@ -17,6 +17,7 @@ Sampling noise comes from ``--seed``; pick one no published run used to check in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import time
 from pathlib import Path
@@ -73,7 +74,7 @@ def main() -> None:
         model = load_dense(backbone, preset, path, "cpu")
         estimates = {}
         for count in steps:
-            diffusion = Diffusion((preset.channels, preset.image_size, preset.image_size), count)
+            diffusion = Diffusion.for_preset(dataclasses.replace(preset, sample_steps=count))
             samples = diffusion.sample(model, n, preset.sample_batch, torch.Generator().manual_seed(args.seed))
             estimates[count] = fid.bootstrap_fid(scorer.features(samples), real, seed=args.seed)
             if count == preset.sample_steps:
