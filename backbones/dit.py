@@ -1,0 +1,121 @@
+"""DiT (Peebles & Xie, ICCV 2023) as diffusers' ``DiTTransformer2DModel``; imagenet256 is DiT-XL/2.
+
+DiT is class-conditional. The benchmark samples unconditionally, so every evaluation gets the null
+label (index ``num_embeds_ada_norm``, the row label dropout trained; 1000 for the ImageNet models)
+and no classifier-free guidance. With learned sigma (``out_channels`` twice the input channels) the
+variance half of the output is dropped, so the harness sees epsilon.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import nn
+
+from backbones.uvit import load_state_dict_strict, read_state_dict
+from benchmark import hookimpl
+from benchmark.api import Backbone, BenchmarkError, CheckpointMismatchError
+from benchmark.presets import Preset
+
+CONFIGS: dict[str, dict] = {
+    # DiT-XL/2 of facebook/DiT-XL-2-256 (latent 4x32x32, learned sigma): 675M params, ~118.6 GMACs.
+    "imagenet256": dict(num_attention_heads=16, attention_head_dim=72, num_layers=28, patch_size=2,
+                        num_embeds_ada_norm=1000, learned_sigma=True),
+    # 6 blocks, 4 heads x 16 on 16x16 digits (64 tokens); one class, so the label table holds the null row only
+    # beside it. Every prunable input dim is a multiple of 8.
+    "tiny": dict(num_attention_heads=4, attention_head_dim=16, num_layers=6, patch_size=2,
+                 num_embeds_ada_norm=1, learned_sigma=False),
+}
+WIDTH_CONFIGS: dict[str, dict] = {
+    # The DiT paper's S/2 and B/2 at imagenet256, for the 2:4 width trend of `benchmark latency`.
+    "dit-s2": dict(num_attention_heads=6, attention_head_dim=64, num_layers=12),
+    "dit-b2": dict(num_attention_heads=12, attention_head_dim=64, num_layers=12),
+}
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+class DiT(nn.Module):
+    """``model(x, t) -> eps`` around a diffusers ``DiTTransformer2DModel`` kept as attribute ``transformer``."""
+
+    def __init__(self, **transformer_config):
+        super().__init__()
+        from diffusers import DiTTransformer2DModel  # imported here: diffusers takes seconds to import
+
+        self.transformer = DiTTransformer2DModel(**transformer_config)
+
+    @property
+    def null_label(self) -> int:
+        return self.transformer.config.num_embeds_ada_norm
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        labels = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
+        out = self.transformer(x, timestep=t, class_labels=labels).sample
+        return out[:, : x.shape[1]]  # learned sigma: the second half is the variance
+
+
+def transformer_config(preset: Preset, config: dict) -> dict:
+    """``DiTTransformer2DModel`` keyword arguments for ``preset`` from one of :data:`CONFIGS`."""
+    config = dict(config)
+    learned_sigma = config.pop("learned_sigma")
+    return dict(
+        in_channels=preset.channels,
+        out_channels=preset.channels * (2 if learned_sigma else 1),
+        sample_size=preset.image_size,
+        **config,
+    )
+
+
+def _check_config(transformer: nn.Module, config_path: str) -> None:
+    """The architecture in a diffusers ``config.json`` must equal the model's (weights alone miss e.g. heads)."""
+    if not os.path.isfile(config_path):
+        raise BenchmarkError(f"checkpoint directory has no config.json: {os.path.dirname(config_path)}")
+    with open(config_path) as f:
+        saved = json.load(f)
+    differ = [
+        f"{key}={saved[key]!r} vs model {value!r}"
+        for key, value in transformer.config.items()
+        if key in saved and not key.startswith("_") and value != saved[key]
+    ]
+    if differ:
+        raise CheckpointMismatchError(f"checkpoint config {config_path} does not fit the model: {'; '.join(differ)}")
+
+
+class DiTBackbone(Backbone):
+    name = "dit"
+    version = "1"
+    description = "diffusers DiTTransformer2DModel, null label (imagenet256: DiT-XL/2, 675M params; tiny: 0.69M)"
+    time_enters_every_block = True  # adaLN-Zero: every block embeds the time step itself
+
+    def build(self, preset: Preset) -> DiT:
+        if preset.name not in CONFIGS:
+            raise BenchmarkError(f"dit has no config for preset {preset.name!r}; available: {', '.join(CONFIGS)}")
+        return DiT(**transformer_config(preset, CONFIGS[preset.name]))
+
+    def load_checkpoint(self, model: nn.Module, path: str) -> None:
+        """Load a diffusers directory (a model, or a pipeline with ``transformer/``) or a state-dict file.
+
+        A state dict may hold the transformer's own keys or this wrapper's ``transformer.``-prefixed ones.
+        """
+        if os.path.isdir(path):
+            if os.path.isdir(os.path.join(path, "transformer")):
+                path = os.path.join(path, "transformer")
+            _check_config(model.transformer, os.path.join(path, "config.json"))
+            weights = [os.path.join(path, name) for name in WEIGHT_FILES if os.path.isfile(os.path.join(path, name))]
+            if not weights:
+                raise BenchmarkError(f"no {' or '.join(WEIGHT_FILES)} in checkpoint directory {path}")
+            path = weights[0]
+        state_dict = {key.removeprefix("transformer."): value for key, value in read_state_dict(path).items()}
+        load_state_dict_strict(model.transformer, state_dict, path)
+
+    def blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The transformer blocks: a flat list, every block at the same depth (no long skips)."""
+        return [(f"transformer.transformer_blocks.{i}", blk) for i, blk in enumerate(model.transformer.transformer_blocks)]
+
+    def kept_dense(self, model: nn.Module) -> list[str]:
+        return ["transformer.pos_embed.proj", "transformer.proj_out_2"]
+
+
+@hookimpl
+def register_backbones(register):
+    register(DiTBackbone())
