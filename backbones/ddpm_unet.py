@@ -10,7 +10,7 @@ from torch import nn
 
 from backbones.uvit import load_state_dict_strict, read_state_dict
 from benchmark import hookimpl
-from benchmark.api import Backbone, BenchmarkError, CheckpointMismatchError
+from benchmark.api import Backbone, BenchmarkError, ChannelPruning, CheckpointMismatchError
 from benchmark.presets import Preset
 
 CONFIGS: dict[str, dict] = {
@@ -125,6 +125,20 @@ class DDPMBackbone(Backbone):
 
     def kept_dense(self, model: nn.Module) -> list[str]:
         return ["unet.conv_in", "unet.conv_out"]
+
+    def channel_pruning(self, model: nn.Module) -> ChannelPruning:
+        """Only ``conv_out`` keeps its width, as in Diff-Pruning; GroupNorm keeps its groups (torch-pruning
+        removes the same offsets in every group) and attention has one head here."""
+        return ChannelPruning(kept=["unet.conv_out"])
+
+    def after_channel_pruning(self, model: nn.Module) -> None:
+        """diffusers' resamplers check their input against a stored channel count."""
+        from diffusers.models.downsampling import Downsample2D
+        from diffusers.models.upsampling import Upsample2D
+
+        for module in model.modules():
+            if isinstance(module, (Downsample2D, Upsample2D)) and module.conv is not None:
+                module.channels, module.out_channels = module.conv.in_channels, module.conv.out_channels
 
 
 @hookimpl

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark import hookimpl
-from benchmark.api import Backbone, BenchmarkError, CheckpointMismatchError
+from benchmark.api import Backbone, BenchmarkError, ChannelPruning, CheckpointMismatchError
 from benchmark.presets import Preset
 
 _SHOWN_KEYS = 3  # keys named per kind of mismatch in an error message
@@ -57,15 +57,16 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False):
         super().__init__()
         self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5  # fixed, as in the official code: pruning head dims keeps it
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
+        batch, length, _ = x.shape
         # qkv features are laid out (q|k|v, head, head_dim), as in the official checkpoint.
         q, k, v = self.qkv(x).reshape(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
+        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.proj(x.transpose(1, 2).reshape(batch, length, -1))  # -1: heads may be narrower after pruning
 
 
 class Mlp(nn.Module):
@@ -235,6 +236,12 @@ class UViTBackbone(Backbone):
 
     def kept_dense(self, model: nn.Module) -> list[str]:
         return ["patch_embed.proj", "decoder_pred", "final_layer"]
+
+    def channel_pruning(self, model: nn.Module) -> ChannelPruning:
+        """Heads keep their number and lose dims equally; the stem (tied to ``pos_embed`` and the time
+        token) and the output head keep their width, and so does the residual stream they share."""
+        heads = {f"{name}.attn.qkv": block.attn.num_heads for name, block in self.blocks(model)}
+        return ChannelPruning(kept=self.kept_dense(model), heads=heads, unwrapped={"pos_embed": 2})
 
 
 @hookimpl

@@ -7,7 +7,7 @@ chain (``sparsedm+dipgo``) because each one receives the previous state.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 import torch
@@ -56,6 +56,24 @@ class NMPattern:
         return f"{self.n}:{self.m}"
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise BenchmarkError(f"{text!r} is not a fraction in (0, 1]")
+    return value
+
+
+KNOBS: dict[str, Callable[[str], Any]] = {
+    "pattern": NMPattern.parse,
+    "dipgo_target": _fraction,
+    "structural_target": _fraction,
+}
+"""The :class:`RunOptions` fields a method may name as its operating-point knob, with their parsers."""
+
+
 @dataclass
 class RunOptions:
     """Options shared by every cell of a run; part of each cell's config hash."""
@@ -64,9 +82,16 @@ class RunOptions:
     srste_decay: float = 2e-4
     sparsedm_weight: float = 0.1
     dipgo_target: float = 0.5
+    structural_target: float = 0.5  # MACs ratio structural methods prune to
+    diffpruning_threshold: float = 0.05  # Diff-Pruning stops adding timesteps below this share of the max loss
     fid_samples: int | None = None  # None: the preset's default
     train_steps: int | None = None  # None: the preset's default
     checkpoints: dict[str, str] = field(default_factory=dict)  # backbone name -> dense checkpoint path
+
+    def with_knob(self, knob: str, text: str) -> tuple["RunOptions", str]:
+        """These options with ``knob`` set from ``text``, and the value's canonical spelling (``0.3``, ``2:4``)."""
+        value = KNOBS[knob](text)
+        return replace(self, **{knob: value}), str(value)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,10 +99,27 @@ class RunOptions:
             "srste_decay": self.srste_decay,
             "sparsedm_weight": self.sparsedm_weight,
             "dipgo_target": self.dipgo_target,
+            "structural_target": self.structural_target,
+            "diffpruning_threshold": self.diffpruning_threshold,
             "fid_samples": self.fid_samples,
             "train_steps": self.train_steps,
             "checkpoints": dict(sorted(self.checkpoints.items())),
         }
+
+
+@dataclass
+class ChannelPruning:
+    """Where structural methods may remove channels (:mod:`benchmark.structural`, torch-pruning's names).
+
+    ``kept`` layers keep their output channels (the output head; a stem tied to raw parameters);
+    ``heads`` maps each attention projection whose output is laid out per head to its number of
+    heads, so heads stay whole and equal; ``unwrapped`` maps raw parameters outside any layer to
+    their channel dimension.
+    """
+
+    kept: list[str]
+    heads: dict[str, int] = field(default_factory=dict)
+    unwrapped: dict[str, int] = field(default_factory=dict)
 
 
 class Backbone(abc.ABC):
@@ -129,6 +171,14 @@ class Backbone(abc.ABC):
         """Layers that stay dense by design (input stem, output head); none by default."""
         return []
 
+    def channel_pruning(self, model: nn.Module) -> ChannelPruning:
+        """Where structural methods may remove channels; by default everything but :meth:`kept_dense`."""
+        return ChannelPruning(kept=self.kept_dense(model))
+
+    def after_channel_pruning(self, model: nn.Module) -> None:
+        """Bring attributes that layer shapes do not carry (channel counts, heads) up to date after
+        channels were removed or a pruned model was reloaded; nothing by default."""
+
     def example_inputs(self, preset: "Preset", batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs for MACs counting and latency: ``(x, t)`` for a batch of ``batch`` images."""
         x = torch.randn(batch, preset.channels, preset.image_size, preset.image_size)
@@ -176,6 +226,9 @@ class Method(abc.ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     description: ClassVar[str] = ""
+    knob: ClassVar[str | None] = None
+    """The :data:`KNOBS` option that sets this method's operating point: ``name@value`` runs it with that
+    option at ``value`` (``dipgo@0.3``, ``asp@1:4``); None if it has none."""
 
     @abc.abstractmethod
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:

@@ -23,6 +23,7 @@ examples:
   python -m benchmark run --methods all --backbones all --preset tiny
   python -m benchmark run --methods dense,asp,sparsedm+dipgo --backbones uvit --out runs/mine --quiet
   python -m benchmark run --methods all --seeds 0,1,2 --out runs/tiny-3seeds
+  python -m benchmark run --methods dipgo@0.3,dipgo@0.7,diff-pruning@0.3,diff-pruning+dipgo --backbones ddpm
   python -m benchmark leaderboard runs/tiny --format csv
   python -m benchmark train-dense --backbone ddpm --preset tiny --steps 6000
   python -m benchmark latency --backbone uvit --preset cifar10 --device cuda --batch-sizes 1,16,64,128
@@ -102,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", "prune, train and measure every (backbone, method) cell; resumes finished cells")
     run.add_argument("--methods", default="all", metavar="LIST",
-                     help="'all' or a comma list; 'a+b' chains methods (default: all)")
+                     help="'all' or a comma list; 'a+b' chains methods; 'name@value' sets a method's knob, one "
+                          "cell per operating point, e.g. dipgo@0.3,dipgo@0.7,diff-pruning@0.3 (default: all)")
     run.add_argument("--backbones", default="all", metavar="LIST", help="'all' or a comma list (default: all)")
     run.add_argument("--preset", default="tiny", choices=list(PRESETS), help="budget preset (default: tiny)")
     run.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<preset>)")
@@ -119,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"weight of SparseDM's teacher loss (default: {RunOptions.sparsedm_weight})")
     run.add_argument("--dipgo-target", type=fraction, default=RunOptions.dipgo_target, metavar="X",
                      help=f"trajectory MACs ratio block skipping aims for (default: {RunOptions.dipgo_target})")
+    run.add_argument("--structural-target", type=fraction, default=RunOptions.structural_target, metavar="X",
+                     help=f"MACs ratio structural pruning aims for (default: {RunOptions.structural_target})")
+    run.add_argument("--diffpruning-threshold", type=fraction, default=RunOptions.diffpruning_threshold,
+                     metavar="X", help="Diff-Pruning stops adding timesteps once the loss is below this share of "
+                                       f"its maximum (default: {RunOptions.diffpruning_threshold})")
     run.add_argument("--fid-samples", type=positive_int, metavar="N", help="images per FID (default: the preset's)")
     run.add_argument("--train-steps", type=positive_int, metavar="N",
                      help="training steps per method (default: the preset's)")
@@ -180,12 +187,12 @@ def list_command(args: argparse.Namespace) -> int:
 
     registries = build_registries()
     rows = [
-        (kind, entry.obj.name, entry.obj.version, entry.source, registries.versions.get(entry.source, ""),
-         entry.obj.description)
+        (kind, entry.obj.name, entry.obj.version, getattr(entry.obj, "knob", None) or "", entry.source,
+         registries.versions.get(entry.source, ""), entry.obj.description)
         for kind, registry in (("backbone", registries.backbones), ("method", registries.methods))
         for entry in registry.entries()
     ]
-    headers = ("kind", "name", "version", "plugin", "plugin version", "description")
+    headers = ("kind", "name", "version", "knob (name@value)", "plugin", "plugin version", "description")
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     return 0
 
@@ -208,6 +215,8 @@ def run_command(args: argparse.Namespace) -> int:
         srste_decay=args.srste_decay,
         sparsedm_weight=args.sparsedm_weight,
         dipgo_target=args.dipgo_target,
+        structural_target=args.structural_target,
+        diffpruning_threshold=args.diffpruning_threshold,
         fid_samples=args.fid_samples,
         train_steps=args.train_steps,
         checkpoints=parse_checkpoints(args.checkpoint, registries.backbones.names()),

@@ -7,9 +7,9 @@ skipped, so an interrupted run resumes where it stopped (Ctrl-C keeps the cells 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import platform
 import random
-import statistics
 import sys
 import time
 import traceback
@@ -50,9 +50,10 @@ if TYPE_CHECKING:
     from benchmark.plugins import Registries
 
 CHAIN_SEPARATOR = "+"
+OPERATING_POINT = "@"  # dipgo@0.3: the method with its knob at 0.3
 GRID_IMAGES = 64  # samples shown in samples/{backbone}__{method}__seed{seed}.png
 FID_RESAMPLES = 200  # bootstrap resamples behind every FID interval
-TIMING_ROUNDS = 3  # alternating timings of the two things a speedup compares; the medians are kept
+SAMPLING_PAIRS = 4  # alternating timings of dense and scheduled sampling behind a skip schedule's speedup
 
 
 @dataclass
@@ -72,9 +73,40 @@ def split_chain(method: str) -> list[str]:
     return parts
 
 
+def split_operating_point(part: str) -> tuple[str, str | None]:
+    """``"dipgo@0.3"`` -> ``("dipgo", "0.3")``; ``"dipgo"`` -> ``("dipgo", None)``."""
+    name, at, value = part.partition(OPERATING_POINT)
+    return name.strip(), (value.strip() if at else None)
+
+
+def canonical_part(registry: Registry[Method], part: str) -> str:
+    """A chain part checked against the registry, its operating point spelled canonically (``asp@2:4``)."""
+    name, value = split_operating_point(part)
+    method = registry.get(name)
+    if value is None:
+        return name
+    if method.knob is None:
+        with_knobs = [m.name for m in (registry.get(n) for n in registry.names()) if m.knob is not None]
+        raise BenchmarkError(
+            f"method {name!r} has no operating point to set ({part!r}); methods with one: {', '.join(with_knobs)}"
+        )
+    try:
+        _, canonical = RunOptions().with_knob(method.knob, value)
+    except BenchmarkError as e:
+        raise BenchmarkError(f"bad operating point {part!r} ({method.knob}): {e}") from None
+    return f"{name}{OPERATING_POINT}{canonical}"
+
+
+def part_options(registry: Registry[Method], part: str, options: RunOptions) -> RunOptions:
+    """The options one chain part runs with: ``options`` with its knob set where the part names a value."""
+    name, value = split_operating_point(part)
+    return options if value is None else options.with_knob(registry.get(name).knob, value)[0]
+
+
 def expand_methods(registry: Registry[Method], spec: str) -> list[str]:
     """Expand ``--methods``: a comma list of names and ``a+b`` chains; ``all`` is every method, dense first.
 
+    A part may set its method's operating point, ``dipgo@0.3`` (see :attr:`benchmark.api.Method.knob`).
     Every part of every chain must be registered; duplicates are dropped, the order is kept.
     """
     expanded: list[str] = []
@@ -83,10 +115,7 @@ def expand_methods(registry: Registry[Method], spec: str) -> list[str]:
             names = registry.names()
             candidates = sorted(names, key=lambda name: name != REFERENCE_METHOD)
         elif item:
-            parts = split_chain(item)
-            for part in parts:
-                registry.entry(part)
-            candidates = [CHAIN_SEPARATOR.join(parts)]
+            candidates = [CHAIN_SEPARATOR.join(canonical_part(registry, part) for part in split_chain(item))]
         else:
             continue
         expanded += [name for name in candidates if name not in expanded]
@@ -132,9 +161,7 @@ def run_grid(
     cell runs. The seeds run one after another, so an interrupted run holds whole grids of the first ones.
     """
     grid = _Grid(registries, preset, options, resolve_device(device), Path(out_dir), progress)
-    chains = [split_chain(method) for method in methods]
-    for part in (part for chain in chains for part in chain):
-        registries.methods.entry(part)
+    chains = [[canonical_part(registries.methods, part) for part in split_chain(method)] for method in methods]
     for backbone in backbones:
         registries.backbones.entry(backbone)
     if not seeds or len(set(seeds)) != len(seeds):
@@ -223,7 +250,9 @@ class _Grid:
             "options": self.options.to_dict(),
             "seed": seed,
             "device": str(self.device),
-            "method_versions": {part: self.registries.methods.get(part).version for part in chain},
+            "method_versions": {
+                name: self.registries.methods.get(name).version for name, _ in map(split_operating_point, chain)
+            },
             "backbone_version": self.registries.backbones.get(backbone).version,
             "dense_checkpoint": self._checkpoint_ids[backbone],
             "fid": {"weights": self._fid_weights, "bootstrap_resamples": FID_RESAMPLES},
@@ -310,6 +339,7 @@ class _Grid:
             "info": {},
             "latency_report": None,
             "mask_digest": None,
+            "pruned_model": None,  # models/{stem}.pt where the method changed layer shapes
             "started": now_iso(),
         }
         try:
@@ -343,11 +373,11 @@ class _Grid:
             if state.masks or state.pattern is not None:
                 from benchmark.sparsity import masks_digest, validate_nm
 
-                metrics["sparsity"] = validate_nm(state.model, state)
+                metrics["masked_sparsity"] = validate_nm(state.model, state)
                 cell["mask_digest"] = masks_digest(state.masks)
-            else:
-                metrics["sparsity"] = 0.0
+            metrics["sparsity"] = removed_fraction(dense, state.model)
             metrics["train_steps"] = state.train_steps
+            cell["pruned_model"] = self._save_architecture(dense, state.model, cell_stem(backbone.name, cell["method"], seed))
         model = state.model.eval()
         with _timed(timings, "metrics"), torch.no_grad():
             metrics.update(self._macs(backbone, state))
@@ -376,12 +406,23 @@ class _Grid:
             progress=self.progress,
         )
         state = Pruned(model=copy.deepcopy(dense).requires_grad_(True))
-        for name in chain:
-            state = self.registries.methods.get(name).apply(ctx, state)
+        for part in chain:
+            method = self.registries.methods.get(split_operating_point(part)[0])
+            options = part_options(self.registries.methods, part, self.options)
+            state = method.apply(dataclasses.replace(ctx, options=options), state)
             if not isinstance(state, Pruned):
-                raise PluginContractError(f"method {name!r} returned {type(state).__name__}, not a Pruned")
-            info[name] = state.info
+                raise PluginContractError(f"method {part!r} returned {type(state).__name__}, not a Pruned")
+            info[part] = state.info
         return state
+
+    def _save_architecture(self, dense: nn.Module, model: nn.Module, stem: str) -> str | None:
+        """Save a model whose layers changed shape to ``models/{stem}.pt``; its path relative to the run."""
+        from benchmark import structural
+
+        if not structural.architecture_changed(dense, model):
+            return None
+        path = structural.save_pruned(model, self.out_dir / "models" / f"{stem}.pt")
+        return path.relative_to(self.out_dir).as_posix()
 
     def _macs(self, backbone: Backbone, state: Pruned) -> dict[str, Any]:
         """Params and per-sample MACs: dense, and effective (masked layers at N/M, skipped blocks removed)."""
@@ -402,65 +443,65 @@ class _Grid:
         self, backbone: Backbone, dense: nn.Module, diffusion: Diffusion, state: Pruned, seed: int,
         cell: dict[str, Any],
     ) -> dict[str, Any]:
-        """Milliseconds per network evaluation of the dense model, and of the pruned one as it can run here.
+        """Milliseconds of the dense model and of this row's, both measured the way ``latency_mode`` names.
 
-        A skip schedule is timed by sampling with and without it (per step, same batch); 2:4 masks
-        with PyTorch's semi-structured kernels against the same masked model in dense fp16, where
-        the device has them (the full report goes to ``cell["latency_report"]``), else they are
-        n/a; a model with neither is timed like the dense one. A chain with masks and a schedule
-        reports the schedule's speedup with dense kernels.
+        * a skip schedule: DDIM sampling time per step, the dense model without a schedule against the
+          row's model with it;
+        * 2:4 masks where PyTorch's semi-structured kernels run (CUDA sm80+): per evaluation in fp16,
+          the masked model with dense kernels against 2:4 kernels (the full report goes to
+          ``cell["latency_report"]``); other N:M patterns, or no such kernels: n/a;
+        * anything else (dense, fine-tuned, structurally pruned): per evaluation, the dense model
+          against the row's.
+
+        Both sides of a pair are timed in alternation (:func:`benchmark.metrics.latency.paired_ms`),
+        fp32 eager unless said otherwise, at the preset's latency batch on this cell's device.
         """
         from benchmark.metrics import latency
 
-        inputs = self._inputs(backbone, self.preset.latency_batch)
-        if state.schedule is None and not state.masks:
-            dense_ms, pruned_ms = self._paired_latency_ms(dense, state.model, inputs)
-            return _latency_metrics(dense_ms, pruned_ms, dense_ms / pruned_ms)
-        dense_ms = latency.dense_latency_ms(dense, inputs, self.device)
+        batch, where = self.preset.latency_batch, self.device.type
+        inputs = self._inputs(backbone, batch)
         if state.schedule is not None:
-            without_ms, with_ms = self._sampling_ms_per_step(backbone, state.model, diffusion, state.schedule, seed)
-            return _latency_metrics(dense_ms, with_ms, without_ms / with_ms)
+            timed = self._sampling_ms_per_step(backbone, dense, state, diffusion, seed)
+            return _latency_metrics(f"sampling per step, fp32 eager, {where}, batch {batch}", *timed)
+        if not state.masks:
+            model = state.model.eval()
+            timed = latency.paired_ms(latency.evaluation(dense, inputs), latency.evaluation(model, inputs), self.device)
+            return _latency_metrics(f"per evaluation, fp32 eager, {where}, batch {batch}", *timed)
         supported, reason = latency.semi_structured_supported(self.device)
         if not supported or state.pattern != NMPattern(2, 4):
             not_available = reason if not supported else f"n/a (no {state.pattern} kernels)"
-            return _latency_metrics(dense_ms, not_available, not_available)
+            return _latency_metrics(not_available, not_available, not_available, not_available)
         report = latency.sparse_latency_report(
-            state.model, state.masks, lambda batch: backbone.example_inputs(self.preset, batch),
-            [self.preset.latency_batch], self.device,
+            state.model, state.masks, lambda b: backbone.example_inputs(self.preset, b), [batch], self.device,
         )  # fmt: skip
         mode, timing = latency.headline_timing(report["batches"][0])
         cell["latency_report"] = {**report, "headline_mode": mode}
-        return _latency_metrics(dense_ms, timing["sparse_ms"], timing["speedup"])
-
-    def _paired_latency_ms(
-        self, dense: nn.Module, model: nn.Module, inputs: tuple[torch.Tensor, ...]
-    ) -> tuple[float, float]:
-        """Median time per evaluation of both models, timed in alternation so load changes hit both alike."""
-        from benchmark.metrics.latency import dense_latency_ms
-
-        return _alternating_medians(
-            lambda: dense_latency_ms(dense, inputs, self.device), lambda: dense_latency_ms(model, inputs, self.device)
+        return _latency_metrics(
+            f"per evaluation, fp16 {latency.MODES[mode]}, {where}, batch {batch}", timing["dense_ms"],
+            timing["sparse_ms"], timing["speedup"],
         )
 
     def _sampling_ms_per_step(
-        self, backbone: Backbone, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor, seed: int
-    ) -> tuple[float, float]:
-        """Median sampling time per step at the latency batch, without and with the skip schedule."""
+        self, backbone: Backbone, dense: nn.Module, state: Pruned, diffusion: Diffusion, seed: int
+    ) -> tuple[float, float, float]:
+        """Median sampling time per step at the latency batch of the dense model and of the row's with its
+        schedule, and their median paired ratio."""
+        from benchmark.metrics.latency import paired_ms
         from benchmark.skipping import scheduled
 
-        batch = self.preset.latency_batch
+        batch, model = self.preset.latency_batch, state.model.eval()
 
-        def run(use_schedule: bool) -> float:
-            generator = torch.Generator().manual_seed(seed)
-            with scheduled(model, backbone.blocks(model), schedule if use_schedule else None) as on_step:
-                _synchronize(self.device)
-                start = time.perf_counter()
-                diffusion.sample(model, batch, batch, generator, on_step)
-                _synchronize(self.device)
-            return (time.perf_counter() - start) * 1e3 / diffusion.sample_steps
+        def sampler(net: nn.Module, schedule: torch.Tensor | None) -> Callable[[], None]:
+            def run() -> None:
+                generator = torch.Generator().manual_seed(seed)
+                with torch.inference_mode(), scheduled(net, backbone.blocks(net), schedule) as on_step:
+                    diffusion.sample(net, batch, batch, generator, on_step)
 
-        run(False), run(True)  # warm-up
-        return _alternating_medians(lambda: run(False), lambda: run(True))
+            return run
+
+        dense_ms, ms, ratio = paired_ms(sampler(dense, None), sampler(model, state.schedule), self.device, warmup=1,
+                                        pairs=SAMPLING_PAIRS)
+        return dense_ms / diffusion.sample_steps, ms / diffusion.sample_steps, ratio
 
     def _quality(
         self, backbone: Backbone, method: str, model: nn.Module, diffusion: Diffusion, schedule: torch.Tensor | None,
@@ -520,33 +561,27 @@ class _Grid:
         return tuple(x.to(self.device) for x in backbone.example_inputs(self.preset, batch))
 
 
-def _alternating_medians(first: Callable[[], float], second: Callable[[], float]) -> tuple[float, float]:
-    """Median of ``TIMING_ROUNDS`` timings of each, taken in alternation so load changes hit both alike."""
-    timings: tuple[list[float], list[float]] = ([], [])
-    for _ in range(TIMING_ROUNDS):
-        timings[0].append(first())
-        timings[1].append(second())
-    return statistics.median(timings[0]), statistics.median(timings[1])
-
-
 def _estimate_metrics(name: str, estimate: FIDEstimate) -> dict[str, float]:
     """``name`` and its bootstrap ``_sd``, ``_low`` and ``_high``."""
     return {name: estimate.value, f"{name}_sd": estimate.sd, f"{name}_low": estimate.low, f"{name}_high": estimate.high}
 
 
-def _latency_metrics(dense_ms: float, sparse_ms: float | str, speedup: float | str) -> dict[str, Any]:
-    return {"latency_ms": dense_ms, "sparse_latency_ms": sparse_ms, "speedup": speedup}
+def _latency_metrics(mode: str, dense_ms: float | str, ms: float | str, speedup: float | str) -> dict[str, Any]:
+    """The row's latency pair and speedup; a text (why it is n/a) in place of numbers that could not be measured."""
+    return {"latency_mode": mode, "dense_latency_ms": dense_ms, "latency_ms": ms, "speedup": speedup}
+
+
+def removed_fraction(dense: nn.Module, model: nn.Module) -> float:
+    """Share of the dense model's parameters that ``model`` no longer has or holds at exactly zero."""
+    total = sum(p.numel() for p in dense.parameters())
+    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    return 1.0 - nonzero / total
 
 
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @contextmanager

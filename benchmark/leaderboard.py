@@ -16,19 +16,19 @@ from benchmark.results import FINETUNE_CONTROL, REFERENCE_METHOD, SCHEMA_VERSION
 
 CELL_COLUMNS = [
     "backbone", "method", "seed", "status", "fid", "fid_sd", "fid_to_dense", "fid_to_dense_sd", "params_m",
-    "macs_g", "sparse_macs_g", "latency_ms", "sparse_latency_ms", "speedup", "sparsity", "train_steps",
-    "sample_steps", "fid_samples", "error",
+    "macs_g", "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "latency_mode", "sparsity",
+    "train_steps", "sample_steps", "fid_samples", "error",
 ]
 COLUMNS = [
     "backbone", "method", "status", "seeds", "fid", "fid_low", "fid_high", "fid_std", "vs_reference",
     "fid_to_dense", "fid_to_dense_low", "fid_to_dense_high", "fid_to_dense_std", "params_m", "macs_g",
-    "sparse_macs_g", "latency_ms", "sparse_latency_ms", "speedup", "sparsity", "train_steps", "sample_steps",
-    "fid_samples", "error",
+    "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "latency_mode", "sparsity", "train_steps",
+    "sample_steps", "fid_samples", "error",
 ]
 FID_COLUMNS = ["fid", "fid_to_dense"]  # headed with their shared sample count, e.g. fid@256, shown as mean ± 95%
 INTERVAL_COLUMNS = [f"{c}_{end}" for c in FID_COLUMNS for end in ("low", "high", "std")]  # csv/json only
 INTEGER_COLUMNS = ["train_steps", "seeds", "sample_steps", "fid_samples"]
-LOWER_IS_BETTER = ["fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms", "sparse_latency_ms"]
+LOWER_IS_BETTER = ["fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms"]
 HIGHER_IS_BETTER = ["speedup"]
 FORMATS = ("md", "csv", "json")
 _DECIMALS = {"fid": 2, "fid_to_dense": 2, "speedup": 2, "sparsity": 3}
@@ -102,7 +102,7 @@ def _aggregate(group: pd.DataFrame) -> dict[str, Any]:
         row.update({metric: summary.mean, f"{metric}_std": summary.std})
         if any(math.isfinite(sd) for sd in sds):  # cells of schema 1 carry no bootstrap
             row.update({f"{metric}_low": summary.low, f"{metric}_high": summary.high})
-    for column in ("params_m", "macs_g", "sparse_macs_g", "latency_ms", "sparse_latency_ms", "speedup", "sparsity"):
+    for column in ("params_m", "macs_g", "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "sparsity"):
         numbers = pd.to_numeric(group[column], errors="coerce")
         row[column] = float(numbers.mean()) if numbers.notna().all() else first[column]  # text such as "n/a"
     return row

@@ -32,39 +32,44 @@ def _numeric(df: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_numeric(df[column], errors="coerce")
 
 
-def pareto_front(x: pd.Series, y: pd.Series) -> tuple[list[float], list[float]]:
-    """Points no other point beats on both axes (lower is better), by increasing ``x``."""
-    front_x, front_y = [], []
-    for px, py in sorted(zip(x, y)):
-        if not front_y or py < front_y[-1]:
-            front_x.append(px)
-            front_y.append(py)
-    return front_x, front_y
+def method_family(method: str) -> str:
+    """The curve a row belongs to: its method (or chain) without operating points, ``dipgo@0.3`` -> ``dipgo``."""
+    return "+".join(part.split("@")[0] for part in method.split("+"))
 
 
-def _scatter(rows: pd.DataFrame, x: pd.Series, xlabel: str, title: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 5))
-    markers = dict(zip(sorted(rows["backbone"].unique()), itertools.cycle(MARKERS)))
-    for backbone, marker in markers.items():  # one front per backbone: their FIDs do not compare
-        mine = rows["backbone"] == backbone
-        points = ax.scatter(x[mine], rows["fid"][mine], marker=marker, label=backbone, alpha=0.8)
-        low, high = _numeric(rows, "fid_low")[mine], _numeric(rows, "fid_high")[mine]
-        if low.notna().any():  # the 95% interval of each row's FID
-            ax.errorbar(x[mine], rows["fid"][mine], yerr=[rows["fid"][mine] - low, high - rows["fid"][mine]],
-                        fmt="none", ecolor=points.get_facecolor()[0], elinewidth=1, capsize=3, alpha=0.6)
-        ax.plot(*pareto_front(x[mine], rows["fid"][mine]), linestyle="--", linewidth=1,
-                color=points.get_facecolor()[0], label=f"{backbone} Pareto front")
-    dense = rows["method"] == "dense"
-    ax.scatter(x[dense], rows["fid"][dense], s=220, facecolors="none", edgecolors="black", linewidths=1.5,
-               label="dense reference")
-    for (_, row), px in zip(rows.iterrows(), x):
-        ax.annotate(row["method"], (px, row["fid"]), textcoords="offset points", xytext=(5, 4), fontsize=8,
-                    fontweight="bold" if row["method"] == "dense" else "normal")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("FID (lower is better)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+def _curves(rows: pd.DataFrame, x: pd.Series, xlabel: str, title: str, path: Path) -> Path:
+    """One panel per backbone (their FIDs do not compare); in each, one curve per method family through its
+    operating points, with each point's 95% FID interval; the dense row ringed."""
+    backbones = sorted(rows["backbone"].unique())
+    fig, axes = plt.subplots(1, len(backbones), figsize=(6.5 * len(backbones), 5), squeeze=False)
+    families = sorted(rows["method"].map(method_family).unique())
+    colours = dict(zip(families, itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])))
+    markers = dict(zip(families, itertools.cycle(MARKERS)))
+    for ax, backbone in zip(axes[0], backbones):
+        mine = rows[rows["backbone"] == backbone]
+        for family in families:
+            points = mine[mine["method"].map(method_family) == family]
+            if points.empty:
+                continue
+            order = x[points.index].sort_values().index
+            px, py = x[order], points.loc[order, "fid"]
+            low, high = _numeric(points, "fid_low")[order], _numeric(points, "fid_high")[order]
+            ax.plot(px, py, marker=markers[family], color=colours[family], label=family, linewidth=1.2)
+            if low.notna().any():
+                ax.errorbar(px, py, yerr=[py - low, high - py], fmt="none", ecolor=colours[family], elinewidth=1,
+                            capsize=3, alpha=0.6)
+            for method, qx, qy in zip(points.loc[order, "method"], px, py):
+                if "@" in method:
+                    ax.annotate(method.split("@", 1)[1], (qx, qy), textcoords="offset points", xytext=(4, 3),
+                                fontsize=7, color=colours[family])
+        dense = mine[mine["method"] == "dense"]
+        ax.scatter(x[dense.index], dense["fid"], s=220, facecolors="none", edgecolors="black", linewidths=1.5,
+                   label="dense reference")
+        ax.set_title(f"{backbone}: {title}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("FID (lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -72,9 +77,11 @@ def _scatter(rows: pd.DataFrame, x: pd.Series, xlabel: str, title: str, path: Pa
 
 
 def pareto_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """FID vs sparse MACs, and FID vs measured latency where any row has a latency; failed rows are left out.
+    """FID vs sparse MACs, and FID vs measured latency relative to dense, one curve per method; failed rows
+    are left out.
 
-    The latency of a row is its ``sparse_latency_ms`` where measured, else its dense ``latency_ms``.
+    A row's relative latency is ``1 / speedup``: its two timings were taken the same way (its
+    ``latency_mode``), so rows timed per evaluation and per sampling step share the axis.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,14 +92,14 @@ def pareto_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     has_macs = macs.notna()
     if has_macs.any():
         paths.append(
-            _scatter(rows[has_macs], macs[has_macs], "MACs per sample with N:M sparsity (G)", "FID vs sparse MACs",
-                     out_dir / "pareto_fid_vs_macs.png")
+            _curves(rows[has_macs], macs[has_macs], "MACs per sample with N:M sparsity and skipped blocks (G)",
+                    "FID vs MACs", out_dir / "pareto_fid_vs_macs.png")
         )
-    latency = _numeric(rows, "sparse_latency_ms").fillna(_numeric(rows, "latency_ms"))
-    has_latency = latency.notna()
+    relative = 1 / _numeric(rows, "speedup")
+    has_latency = relative.notna()
     if has_latency.any():
         paths.append(
-            _scatter(rows[has_latency], latency[has_latency], "measured time per network evaluation (ms)",
-                     "FID vs measured latency", out_dir / "pareto_fid_vs_latency.png")
+            _curves(rows[has_latency], relative[has_latency], "measured latency / dense latency (same mode per row)",
+                    "FID vs measured latency", out_dir / "pareto_fid_vs_latency.png")
         )
     return paths

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pluggy
 
 from benchmark import PROJECT, hookspecs
-from benchmark.api import Backbone, Method, PluginContractError
+from benchmark.api import KNOBS, Backbone, Method, PluginContractError
 from benchmark.registry import Registry
 
 DEFAULT_PLUGINS = (
@@ -22,6 +22,8 @@ DEFAULT_PLUGINS = (
     "methods.sparsedm",
     "methods.dipgo",
     "methods.uniform_skip",
+    "methods.diff_pruning",
+    "methods.l1_channel",
 )
 ENTRY_POINT_GROUP = PROJECT
 DISABLE_AUTOLOAD_ENV = "DIFFPRUNE_BENCH_DISABLE_PLUGIN_AUTOLOAD"
@@ -63,4 +65,10 @@ def build_registries(pm: pluggy.PluginManager | None = None) -> Registries:
             source = impl.plugin_name
             versions[source] = dist_versions.get(source, "builtin")
             impl.function(register=lambda obj, _r=registry, _s=source: _r.add(obj, _s))
+    for entry in methods.entries():
+        if entry.obj.knob is not None and entry.obj.knob not in KNOBS:
+            raise PluginContractError(
+                f"plugin {entry.source!r}: method {entry.obj.name!r} names knob {entry.obj.knob!r}; "
+                f"allowed: {', '.join(KNOBS)}"
+            )
     return Registries(methods, backbones, versions)

@@ -4,11 +4,12 @@ A run directory holds ``cells/{backbone}__{method}__seed{seed}.json``. A cell wh
 and whose ``config_hash`` matches the current configuration is complete and is skipped on resume;
 failed, stale and unreadable cells are recomputed.
 
-Cell schema, version 2 (``"schema": 2``)::
+Cell schema, version 3 (``"schema": 3``)::
 
-    schema       2
+    schema       3
     backbone     backbone name
-    method       method name or chain, e.g. "sparsedm+dipgo"
+    method       method name or chain, each part with its operating point where set, e.g. "dipgo@0.3",
+                 "sparsedm+dipgo"
     status       "ok" | "failed"
     error        null, or "ExceptionType: message" for a failed cell
     traceback    null, or the formatted traceback of a failed cell
@@ -22,12 +23,18 @@ Cell schema, version 2 (``"schema": 2``)::
     timings      seconds per phase: load (the backbone's dense checkpoint, shared by its cells),
                  prune, metrics, fid, total (their sum)
     metrics      fid and fid_to_dense with fid_sd/fid_low/fid_high and fid_to_dense_sd/_low/_high
-                 (bootstrap sd and 95% interval over the generated samples), fid_samples, params_m, macs_g, sparse_macs_g, latency_ms,
-                 sparse_latency_ms (a number, or text such as "n/a (needs CUDA sm80+)"), speedup
-                 (likewise), sparsity, train_steps, sample_steps, sampler; a failed cell has the ones
-                 measured before it failed
+                 (bootstrap sd and 95% interval over the generated samples), fid_samples, params_m,
+                 macs_g, sparse_macs_g (params and MACs counted on the pruned model),
+                 latency_mode (how the pair below was timed), dense_latency_ms and latency_ms (the
+                 dense model and the row's, timed that way; text such as "n/a (needs CUDA sm80+)"
+                 where they could not be), speedup (their ratio, or that text), sparsity (share of
+                 the dense parameters removed or exactly zero, measured on the model),
+                 masked_sparsity (N:M rows: zeros in the masked layers), train_steps, sample_steps,
+                 sampler; a failed cell has the ones measured before it failed
     info         what each method of the chain reported ({method: Pruned.info})
     latency_report  null, or the 2:4 kernel timing report (per layer) where one was measured
+    pruned_model null, or "models/{stem}.pt" where the method changed layer shapes (reload it with
+                 benchmark.structural.load_pruned)
     started      ISO 8601 time the cell started
     finished     ISO 8601 time the cell was written
 """
@@ -47,7 +54,7 @@ from typing import Any
 from benchmark import __version__
 from benchmark.api import BenchmarkError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 REFERENCE_METHOD = "dense"  # every backbone's reference row
 FINETUNE_CONTROL = "dense-ft"  # the reference row of methods that train weights
 _VERSIONED_DISTRIBUTIONS = ("torch", "diffusers", "pytorch-fid", "torch-pruning")
@@ -76,16 +83,17 @@ def now_iso() -> str:
 
 
 def cell_stem(backbone: str, method: str, seed: int) -> str:
-    """``{backbone}__{method}__seed{seed}`` with every character outside ``[A-Za-z0-9.+-]`` percent-encoded.
+    """``{backbone}__{method}__seed{seed}`` with every character outside ``[A-Za-z0-9.+@-]`` percent-encoded.
 
-    ``_`` is encoded too, so the ``__`` separator is unambiguous; ``uvit__sparsedm+dipgo__seed0`` stays readable.
+    ``_`` is encoded too, so the ``__`` separator is unambiguous; ``uvit__sparsedm+dipgo@0.3__seed0`` stays
+    readable.
     """
     return f"{_safe(backbone)}__{_safe(method)}__seed{int(seed)}"
 
 
 def _safe(name: str) -> str:
     return "".join(
-        c if c.isascii() and (c.isalnum() or c in "+-.") else "".join(f"%{b:02X}" for b in c.encode("utf-8"))
+        c if c.isascii() and (c.isalnum() or c in "+-.@") else "".join(f"%{b:02X}" for b in c.encode("utf-8"))
         for c in name
     )
 

@@ -154,10 +154,11 @@ def kept_macs_ratio(keep: torch.Tensor, block_macs: torch.Tensor, total_macs: fl
     return kept / (steps * total_macs)
 
 
-def block_costs(ctx: "MethodContext", block_names: Sequence[str]) -> tuple[torch.Tensor, float]:
-    """Dense per-sample MACs of each named block and of one whole network evaluation (on ``ctx.teacher``)."""
+def block_costs(ctx: "MethodContext", model: nn.Module, block_names: Sequence[str]) -> tuple[torch.Tensor, float]:
+    """Dense per-sample MACs of each named block of ``model`` and of one whole evaluation of it (a model
+    that an earlier method of a chain narrowed costs less than ``ctx.teacher``)."""
     from benchmark.metrics.macs import block_macs, count_macs
 
     inputs = tuple(x.to(ctx.device) for x in ctx.backbone.example_inputs(ctx.preset))
-    report = count_macs(ctx.teacher, inputs)
+    report = count_macs(model, inputs)
     return torch.tensor(block_macs(report, list(block_names)), dtype=torch.float32), float(report.total)

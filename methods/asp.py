@@ -9,6 +9,7 @@ class ASP(Method):
     name = "asp"
     version = "1"
     description = "one-shot magnitude N:M mask along input channels, fine-tuned with the mask fixed"
+    knob = "pattern"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
         model = state.model

@@ -166,10 +166,11 @@ class DiPGO(Method):
     name = "dipgo"
     version = "3"
     description = "DiP-GO: a learned per-step block-reuse schedule (few-step gradient search), MACs target"
+    knob = "dipgo_target"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
         blocks = ctx.backbone.blocks(state.model)
-        block_macs, total = block_costs(ctx, [name for name, _ in blocks])
+        block_macs, total = block_costs(ctx, state.model, [name for name, _ in blocks])
         started = time.perf_counter()
         both_sides = not ctx.backbone.time_enters_every_block
         pruner, history = train_pruner(ctx, state.model, blocks, block_macs, total, both_sides)

@@ -27,6 +27,7 @@ class Progressive(Method):
     name = "progressive"
     version = "1"
     description = "dynamic STE masks in one model with the N:M ratio raised in stages (7:8 ... 4:8, 2:4)"
+    knob = "pattern"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
         model = state.model

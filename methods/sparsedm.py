@@ -36,6 +36,7 @@ class SparseDM(Method):
     name = "sparsedm"
     version = "1"
     description = "stage-wise transfer through 7:8 ... 4:8 to 2:4, STE plus dense-teacher loss"
+    knob = "pattern"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
         model = state.model

@@ -34,10 +34,11 @@ class UniformSkip(Method):
     name = "uniform-skip"
     version = "1"
     description = "DeepCache-like: the deepest blocks reuse their output on every other step, same MACs target"
+    knob = "dipgo_target"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
         names = [name for name, _ in ctx.backbone.blocks(state.model)]
-        block_macs, total = block_costs(ctx, names)
+        block_macs, total = block_costs(ctx, state.model, names)
         steps, target = ctx.diffusion.sample_steps, ctx.options.dipgo_target
         candidates = []
         skipped: list[int] = []

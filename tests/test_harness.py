@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from benchmark import checkpoints, harness
-from benchmark.api import Backbone, BenchmarkError, Method, MethodContext, Pruned, RunOptions
+from benchmark.api import Backbone, BenchmarkError, ChannelPruning, Method, MethodContext, Pruned, RunOptions
 from benchmark.cli import main
 from benchmark.plugins import Registries
 from benchmark.presets import PRESETS, Preset
@@ -26,6 +26,10 @@ from benchmark.metrics.latency import NA_CUDA
 from benchmark.results import CellStore
 from methods.asp import ASP
 from methods.dense import Dense
+from methods.diff_pruning import DiffPruning
+from methods.dipgo import DiPGO
+from methods.l1_channel import L1Channel
+from methods.sparsedm import SparseDM
 from methods.uniform_skip import UniformSkip
 
 UNIT = dataclasses.replace(
@@ -63,6 +67,9 @@ class TinyBackbone(Backbone):
 
     def kept_dense(self, model: nn.Module) -> list[str]:
         return ["stem", "head"]
+
+    def channel_pruning(self, model: nn.Module) -> ChannelPruning:
+        return ChannelPruning(kept=["head"])  # the stem's width runs through every block: one prunable group
 
 
 CALLS: Counter[str] = Counter()
@@ -120,7 +127,8 @@ def fake_reference_features(dataset_name, n, images_fn, scorer):
 @pytest.fixture
 def registries(monkeypatch, tmp_path_factory):
     methods: Registry[Method] = Registry("method", Method)
-    for method in (Dense(), ASP(), UniformSkip(), *(fake_method(n, b) for n, b in FAKES.items())):
+    builtins = (Dense(), ASP(), UniformSkip(), DiPGO(), SparseDM(), DiffPruning(), L1Channel())
+    for method in (*builtins, *(fake_method(n, b) for n, b in FAKES.items())):
         methods.add(method, "tests")
     backbones: Registry[Backbone] = Registry("backbone", Backbone)
     backbones.add(TinyBackbone(), "tests")
@@ -161,10 +169,15 @@ def test_failing_cells_are_recorded_and_the_rest_goes_on(registries, tmp_path):
     dense, asp, skip = (store.read("tiny-net", m, 0)["metrics"] for m in ("dense", "asp", "uniform-skip"))
     assert dense["sparsity"] == 0.0 and dense["sparse_macs_g"] == dense["macs_g"] > 0
     assert isinstance(dense["speedup"], float) and dense["fid_samples"] == UNIT.fid_samples
-    assert asp["sparsity"] == pytest.approx(0.5) and asp["sparse_macs_g"] < asp["macs_g"]
-    assert asp["sparse_latency_ms"] == asp["speedup"] == NA_CUDA
+    assert dense["latency_mode"] == f"per evaluation, fp32 eager, cpu, batch {UNIT.latency_batch}"
+    assert asp["masked_sparsity"] == pytest.approx(0.5) and asp["sparse_macs_g"] < asp["macs_g"]
+    masked = sum(m.weight.numel() for m in TinyNet(UNIT.channels).blocks.modules() if isinstance(m, nn.Conv2d))
+    total = sum(p.numel() for p in TinyNet(UNIT.channels).parameters())
+    assert asp["sparsity"] == pytest.approx(masked / 2 / total)  # measured over the whole model
+    assert asp["latency_ms"] == asp["dense_latency_ms"] == asp["speedup"] == asp["latency_mode"] == NA_CUDA
     assert asp["train_steps"] == UNIT.train_steps
-    assert skip["sparse_macs_g"] < skip["macs_g"] and skip["sparse_latency_ms"] > 0 and skip["speedup"] > 0
+    assert skip["sparse_macs_g"] < skip["macs_g"] and skip["latency_ms"] > 0 and skip["speedup"] > 0
+    assert skip["latency_mode"].startswith("sampling per step") and skip["sparsity"] == 0.0
     assert (tmp_path / "samples" / "tiny-net__asp__seed0.png").is_file()
 
     board = json.loads((tmp_path / "leaderboard.json").read_text())["records"]
@@ -234,7 +247,9 @@ def test_2to4_latency_report_where_kernels_exist(registries, tmp_path, monkeypat
     monkeypatch.setattr(latency, "sparse_latency_report", fake_report)
     run(registries, tmp_path, ["asp"])
     cell = CellStore(tmp_path).read("tiny-net", "asp", 0)
-    assert (cell["metrics"]["sparse_latency_ms"], cell["metrics"]["speedup"]) == (0.5, 1.2)
+    metrics = cell["metrics"]
+    assert (metrics["dense_latency_ms"], metrics["latency_ms"]) == (0.6, 0.5) and metrics["speedup"] == pytest.approx(1.2)
+    assert metrics["latency_mode"] == f"per evaluation, fp16 CUDA graph, cpu, batch {UNIT.latency_batch}"
     assert cell["latency_report"]["headline_mode"] == "graphed"  # the fused mode failed to capture
     assert cell["latency_report"]["batches"][0]["batch"] == UNIT.latency_batch
     assert seen == {"layers": ["blocks.0.0", "blocks.1.0", "blocks.2.0"], "inputs": (UNIT.latency_batch, 1, 16, 16)}
@@ -337,7 +352,93 @@ def test_a_chain_runs_as_one_cell_with_masks_and_a_schedule(registries, tmp_path
     asp, skip, chain = (store.read("tiny-net", m, 0) for m in ("asp", "uniform-skip", "asp+uniform-skip"))
     assert chain["status"] == "ok" and sorted(chain["info"]) == ["asp", "uniform-skip"]
     metrics = chain["metrics"]
-    assert metrics["sparsity"] == pytest.approx(0.5) and chain["mask_digest"] == asp["mask_digest"]  # N:M validated
+    assert metrics["masked_sparsity"] == pytest.approx(0.5) and chain["mask_digest"] == asp["mask_digest"]  # validated
     assert metrics["sparse_macs_g"] < min(asp["metrics"]["sparse_macs_g"], skip["metrics"]["sparse_macs_g"])
     assert isinstance(metrics["speedup"], float) and metrics["speedup"] > 0  # the schedule's branch, dense kernels
     assert metrics["train_steps"] == UNIT.train_steps
+
+
+def test_structural_cells_save_a_smaller_reloadable_model(registries, tmp_path):
+    from benchmark import structural
+
+    run(registries, tmp_path, ["diff-pruning", "l1-channel@0.3"])
+    store = CellStore(tmp_path)
+    dense = store.read("tiny-net", "dense", 0)["metrics"]
+    for method, target in (("diff-pruning", RunOptions.structural_target), ("l1-channel@0.3", 0.3)):
+        cell = store.read("tiny-net", method, 0)
+        metrics, info = cell["metrics"], cell["info"][method]
+        assert cell["status"] == "ok" and info["target"] == target and info["kept_layers"] == ["head"]
+        assert metrics["macs_g"] / dense["macs_g"] == pytest.approx(info["macs_ratio"])  # counted on the pruned model
+        assert metrics["params_m"] < dense["params_m"] and metrics["sparsity"] == pytest.approx(
+            1 - metrics["params_m"] / dense["params_m"], abs=1e-6)  # removed parameters, measured
+        assert metrics["latency_mode"].startswith("per evaluation") and metrics["speedup"] > 0
+        model = structural.load_pruned(TinyBackbone(), UNIT, tmp_path / cell["pruned_model"])
+        assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(metrics["params_m"])
+    assert store.read("tiny-net", "dense", 0)["pruned_model"] is None
+    assert cell["info"]["l1-channel@0.3"].keys() >= {"channel_ratio", "macs_ratio"}
+    assert store.read("tiny-net", "diff-pruning", 0)["info"]["diff-pruning"]["gradient_timesteps"] > 0
+
+
+def test_each_operating_point_is_its_own_cell(registries, tmp_path):
+    assert harness.expand_methods(registries.methods, "uniform-skip@0.30,uniform-skip@0.7,uniform-skip") == [
+        "uniform-skip@0.3", "uniform-skip@0.7", "uniform-skip",
+    ]
+    run(registries, tmp_path, ["l1-channel@0.3", "l1-channel@0.7"])
+    store = CellStore(tmp_path)
+    low, high = (store.read("tiny-net", f"l1-channel@{x}", 0) for x in ("0.3", "0.7"))
+    assert low["config_hash"] != high["config_hash"]
+    assert low["config"]["method_versions"] == {"l1-channel": "1"}
+    assert low["info"]["l1-channel@0.3"]["target"] == 0.3 and high["info"]["l1-channel@0.7"]["target"] == 0.7
+    assert low["metrics"]["macs_g"] < high["metrics"]["macs_g"]
+    assert low["config"]["options"]["structural_target"] == RunOptions.structural_target  # the point is in the name
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("dense@0.5", "method 'dense' has no operating point to set .* methods with one: asp"),
+        ("dipgo@1.5", r"bad operating point 'dipgo@1.5' \(dipgo_target\): '1.5' is not a fraction in \(0, 1\]"),
+        ("asp@2-4", r"bad operating point 'asp@2-4' \(pattern\): malformed N:M pattern"),
+        ("dipgo@", "bad operating point"),
+    ],
+)
+def test_bad_operating_points_are_refused_before_any_cell(registries, tmp_path, spec, message):
+    with pytest.raises(BenchmarkError, match=message):
+        harness.expand_methods(registries.methods, spec)
+    with pytest.raises(BenchmarkError, match=message):
+        run(registries, tmp_path, [spec])
+    assert not tmp_path.joinpath("cells").exists()
+
+
+def test_structural_then_skip_schedule_chain(registries, tmp_path):
+    """diff-pruning+dipgo: the schedule is searched and costed on the pruned model."""
+    run(registries, tmp_path, ["diff-pruning", "diff-pruning+dipgo@0.5"])
+    store = CellStore(tmp_path)
+    pruned, chain = (store.read("tiny-net", m, 0) for m in ("diff-pruning", "diff-pruning+dipgo@0.5"))
+    metrics = chain["metrics"]
+    assert chain["status"] == "ok" and sorted(chain["info"]) == ["diff-pruning", "dipgo@0.5"]
+    assert metrics["macs_g"] == pytest.approx(pruned["metrics"]["macs_g"])  # one evaluation of the pruned model
+    assert metrics["sparse_macs_g"] < metrics["macs_g"]  # ... of which the schedule skips some
+    assert metrics["sparse_macs_g"] / metrics["macs_g"] == pytest.approx(chain["info"]["dipgo@0.5"]["kept_macs_ratio"])
+    assert metrics["latency_mode"].startswith("sampling per step") and metrics["speedup"] > 0
+    assert chain["pruned_model"] == "models/tiny-net__diff-pruning+dipgo@0.5__seed0.pt"
+    assert metrics["params_m"] == pytest.approx(pruned["metrics"]["params_m"])
+
+
+def test_masks_then_skip_schedule_chain(registries, tmp_path):
+    """sparsedm+dipgo: N:M masks validated, MACs with masks and a schedule, the schedule's latency branch."""
+    run(registries, tmp_path, ["sparsedm", "sparsedm+dipgo"])
+    store = CellStore(tmp_path)
+    masked, chain = (store.read("tiny-net", m, 0) for m in ("sparsedm", "sparsedm+dipgo"))
+    metrics = chain["metrics"]
+    assert chain["status"] == "ok" and sorted(chain["info"]) == ["dipgo", "sparsedm"]
+    assert metrics["masked_sparsity"] == pytest.approx(0.5) and chain["mask_digest"] == masked["mask_digest"]
+    assert metrics["sparse_macs_g"] < masked["metrics"]["sparse_macs_g"] < metrics["macs_g"]
+    assert metrics["latency_mode"].startswith("sampling per step") and metrics["speedup"] > 0
+    assert chain["info"]["sparsedm"]["stages"] and "schedule" in chain["info"]["dipgo"]
+
+
+def test_structural_pruning_must_come_first_in_a_chain(registries, tmp_path):
+    run(registries, tmp_path, ["asp+l1-channel"])
+    cell = CellStore(tmp_path).read("tiny-net", "asp+l1-channel", 0)
+    assert cell["status"] == "failed" and "must come first in a chain" in cell["error"]

@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from benchmark.metrics.latency import NA_CUDA
-from benchmark.plots import pareto_front, pareto_plots, save_grid
+from benchmark.plots import method_family, pareto_plots, save_grid
 
 
 def test_grid_png_has_the_grid_size(tmp_path):
@@ -14,36 +14,36 @@ def test_grid_png_has_the_grid_size(tmp_path):
         assert grid.size == (3 * (16 + 2) + 2, 2 * (16 + 2) + 2)  # 3 x 2 images, 2-pixel padding
 
 
-def leaderboard(latency):
+def leaderboard(speedup):
     return pd.DataFrame(
         {
-            "backbone": ["uvit", "uvit", "uvit", "ddpm", "ddpm"],
-            "method": ["dense", "asp", "sparsedm", "dense", "asp"],
-            "status": ["ok", "ok", "failed", "ok", "ok"],
-            "fid": [10.0, 12.5, None, 14.0, 15.0],
-            "macs_g": [1.2, 1.2, 1.2, 6.1, 6.1],
-            "sparse_macs_g": [1.2, 0.7, None, 6.1, 3.2],
-            "latency_ms": latency,
-            "sparse_latency_ms": [NA_CUDA] * 5,
+            "backbone": ["uvit", "uvit", "uvit", "ddpm", "ddpm", "ddpm", "ddpm"],
+            "method": ["dense", "asp", "sparsedm", "dense", "asp", "dipgo@0.3", "dipgo@0.7"],
+            "status": ["ok", "ok", "failed", "ok", "ok", "ok", "ok"],
+            "fid": [10.0, 12.5, None, 14.0, 15.0, 30.0, 16.0],
+            "fid_low": [9.0, 11.5, None, 13.0, 14.0, 28.0, 15.0],
+            "fid_high": [11.0, 13.5, None, 15.0, 16.0, 32.0, 17.0],
+            "macs_g": [1.2, 1.2, 1.2, 6.1, 6.1, 6.1, 6.1],
+            "sparse_macs_g": [1.2, 0.7, None, 6.1, 3.2, 1.9, 4.3],
+            "speedup": speedup,
         }
     )
 
 
+def test_a_method_and_its_operating_points_make_one_curve():
+    assert method_family("dipgo@0.3") == method_family("dipgo") == "dipgo"
+    assert method_family("diff-pruning@0.5+dipgo@0.3") == "diff-pruning+dipgo"
+
+
 def test_pareto_plots_without_latency_numbers(tmp_path):
-    paths = pareto_plots(leaderboard([NA_CUDA] * 5), tmp_path)
+    paths = pareto_plots(leaderboard([NA_CUDA] * 7), tmp_path)
     assert [p.name for p in paths] == ["pareto_fid_vs_macs.png"]
     assert paths[0].stat().st_size > 0
 
 
 def test_pareto_plots_with_latency(tmp_path):
-    paths = pareto_plots(leaderboard([3.0, 3.1, None, 9.0, 9.2]), tmp_path / "plots")
+    paths = pareto_plots(leaderboard([1.0, NA_CUDA, None, 1.0, NA_CUDA, 1.9, 1.2]), tmp_path / "plots")
     assert [p.name for p in paths] == ["pareto_fid_vs_macs.png", "pareto_fid_vs_latency.png"]
     for path in paths:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] > 100
-
-
-def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
-    cost = pd.Series([3.0, 1.0, 2.0, 4.0, 2.5])
-    fid = pd.Series([10.0, 30.0, 20.0, 5.0, 25.0])  # (2.5, 25) is beaten by (2, 20)
-    assert pareto_front(cost, fid) == ([1.0, 2.0, 3.0, 4.0], [30.0, 20.0, 10.0, 5.0])

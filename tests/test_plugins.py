@@ -13,7 +13,9 @@ from benchmark.plugins import DEFAULT_PLUGINS, DISABLE_AUTOLOAD_ENV, build_regis
 from benchmark.registry import DuplicateNameError, UnknownNameError
 
 BUILTIN_BACKBONES = {"uvit", "ddpm"}
-BUILTIN_METHODS = {"dense", "dense-ft", "asp", "ste", "progressive", "sparsedm", "dipgo", "uniform-skip"}
+BUILTIN_METHODS = {
+    "dense", "dense-ft", "asp", "ste", "progressive", "sparsedm", "dipgo", "uniform-skip", "diff-pruning", "l1-channel",
+}
 EXAMPLE_PACKAGE = Path(__file__).parent / "fixtures" / "example_plugin"
 
 

@@ -35,7 +35,7 @@ def make_cell(backbone: str, method: str, status: str = "ok", fid: float = 20.0,
             "fid": fid, "fid_sd": 1.0, "fid_to_dense": 0.0 if method == "dense" else 4.0,
             "fid_to_dense_sd": 0.0 if method == "dense" else 0.5, "fid_samples": 256,
             "params_m": 0.4, "macs_g": 0.05, "sparse_macs_g": 0.03,
-            "latency_ms": 2.0, "sparse_latency_ms": NA, "speedup": NA,
+            "latency_mode": NA, "dense_latency_ms": NA, "latency_ms": NA, "speedup": NA,
             "sparsity": 0.5, "train_steps": 300, "sample_steps": 20, "sampler": "ddim (eta=0)", **metrics,
         }
     else:
@@ -125,9 +125,9 @@ def run_dir(store):
     older = make_cell("uvit", "asp", fid=25.0)
     del older["metrics"]["fid_to_dense"]  # a cell written before that column existed
     store.write(older)
-    store.write(make_cell("uvit", "dense", fid=18.0, sparse_latency_ms=2.1, speedup=0.95, sparsity=0.0, train_steps=0))
+    store.write(make_cell("uvit", "dense", fid=18.0, dense_latency_ms=2.0, latency_ms=2.1, speedup=0.95, sparsity=0.0, train_steps=0))
     store.write(make_cell("uvit", "ste", status="failed"))
-    store.write(make_cell("ddpm", "uniform-skip", fid=30.0, sparse_latency_ms=1.2, speedup=1.6, sparsity=0.0,
+    store.write(make_cell("ddpm", "uniform-skip", fid=30.0, dense_latency_ms=2.0, latency_ms=1.2, speedup=1.6, sparsity=0.0,
                           train_steps=0))
     store.write(make_cell("ddpm", "dense", fid=22.0, train_steps=0))
     return store.out_dir
@@ -147,9 +147,10 @@ class TestLeaderboard:
         text = render(load_cells(run_dir), "md")
         header, rule, *rows = [line for line in text.splitlines() if line.startswith("|")]
         columns = [c.strip() for c in header.strip("|").split("|")]
-        assert columns[:13] == [
+        assert columns[:14] == [
             "backbone", "method", "status", "seeds", "fid@256 ↓", "vs_reference", "fid_to_dense@256 ↓",
-            "params_m ↓", "macs_g ↓", "sparse_macs_g ↓", "latency_ms ↓", "sparse_latency_ms ↓", "speedup ↑",
+            "params_m ↓", "macs_g ↓", "sparse_macs_g ↓", "dense_latency_ms", "latency_ms ↓", "speedup ↑",
+            "latency_mode",
         ]
         assert columns[-1] == "error" and "fid_samples" not in columns  # the sample count is in the FID header
         assert not any(c.endswith(("_low", "_high", "_std")) for c in columns)  # intervals are shown as ±
@@ -169,7 +170,7 @@ class TestLeaderboard:
         assert list(rows[0]) == COLUMNS
         assert rows[0]["method"] == "dense" and rows[0]["train_steps"] == "0"
         assert float(rows[0]["fid_low"]) == pytest.approx(22 - 1.96, abs=0.01) and rows[0]["seeds"] == "1"
-        assert rows[3]["sparse_latency_ms"] == NA
+        assert rows[3]["latency_ms"] == rows[3]["latency_mode"] == NA
         assert rows[4]["status"] == "failed" and rows[4]["fid"] == ""
 
     def test_json(self, run_dir):

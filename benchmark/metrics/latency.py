@@ -117,6 +117,38 @@ def eager_and_graphed(
     }
 
 
+def paired_ms(
+    first: Callable[[], object], second: Callable[[], object], device: str | torch.device, warmup: int = 3,
+    pairs: int = 40,
+) -> tuple[float, float, float]:
+    """Median milliseconds of two callables and the median ratio first/second of their paired calls.
+
+    They are timed in alternation, one call of each per pair and the order swapped every pair, so
+    that load changes and cache effects hit both alike; the ratio of neighbouring calls cancels what
+    remains of them better than the ratio of the medians.
+    """
+    device = torch.device(device)
+    calls = (first, second)
+    for _ in range(warmup):
+        first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for index in range(pairs):
+        for which in ((0, 1) if index % 2 == 0 else (1, 0)):
+            times[which].append(time_fn(calls[which], device, warmup=0, repeat=1))
+    ratio = statistics.median(a / b for a, b in zip(*times))
+    return statistics.median(times[0]), statistics.median(times[1]), ratio
+
+
+def evaluation(model: nn.Module, inputs: Sequence[torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """One network evaluation ``model(*inputs)`` without autograd, for timing (``model`` must be in eval mode)."""
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(*inputs)
+
+    return run
+
+
 def dense_latency_ms(
     model: nn.Module, inputs: Sequence[torch.Tensor], device: str | torch.device, warmup: int = 5, repeat: int = 30
 ) -> float:
