@@ -84,8 +84,9 @@ def _check_config(transformer: nn.Module, config_path: str) -> None:
 class DiTBackbone(Backbone):
     name = "dit"
     version = "1"
-    description = "diffusers DiTTransformer2DModel, null label (imagenet256: DiT-XL/2, 675M params; tiny: 0.69M)"
+    description = "diffusers DiTTransformer2DModel, null label (imagenet256: DiT-XL/2, 675M params; tiny: 0.58M)"
     time_enters_every_block = True  # adaLN-Zero: every block embeds the time step itself
+    u_shaped = False  # a flat stack of blocks, no long skips
 
     def build(self, preset: Preset) -> DiT:
         if preset.name not in CONFIGS:

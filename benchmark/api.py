@@ -132,6 +132,8 @@ class Backbone(abc.ABC):
     """False when the time step reaches the blocks only through the first block's input (U-ViT's
     time token). A block that reuses its cache then leaves every deeper block on both sides with the
     previous step's inputs, so skip schedules reuse those too (:func:`benchmark.skipping.cascade`)."""
+    u_shaped: ClassVar[bool] = True
+    """False for a flat stack of blocks (DiT); True when :meth:`blocks` pairs input and output sides."""
 
     @abc.abstractmethod
     def build(self, preset: "Preset") -> nn.Module:
@@ -152,7 +154,8 @@ class Backbone(abc.ABC):
         """The model's skippable blocks in execution order, as ``(qualified name, module)``.
 
         For a U-shaped network: input side, middle, output side, so that blocks ``i`` and
-        ``n - 1 - i`` are at the same depth (the skip-schedule methods rely on it).
+        ``n - 1 - i`` are at the same depth (the skip-schedule methods rely on it); for a flat
+        one (``u_shaped = False``) simply first to last.
         """
 
     def prunable_layers(self, model: nn.Module) -> dict[str, nn.Module]:

@@ -80,6 +80,22 @@ PRESETS: dict[str, Preset] = {
             latency_batch=128,
             description="paper configs (U-ViT-S/2, DDPM CIFAR-10) on CIFAR-10; needs a GPU and official checkpoints",
         ),
+        Preset(
+            name="imagenet256",
+            dataset="imagenet256-latents",
+            image_size=32,  # the 256x256 images' latents from the sd-vae-ft-ema VAE
+            channels=4,
+            batch_size=256,
+            finetune=Recipe(lr=1e-4, ema_decay=0.9999),  # DiT's own training recipe
+            train_steps=50_000,
+            dense=Recipe(lr=1e-4, ema_decay=0.9999),
+            dense_train_steps=7_000_000,
+            sample_steps=50,
+            fid_samples=10_000,
+            sample_batch=125,
+            latency_batch=8,
+            description="DiT-XL/2 layout on ImageNet 256 latents; needs facebook/DiT-XL-2-256, the VAE and ImageNet",
+        ),
     )
 }
 

@@ -121,22 +121,30 @@ def depths(n_blocks: int) -> list[float]:
     return [abs(i - centre) for i in range(n_blocks)]
 
 
-def cascade(keep: torch.Tensor, both_sides: bool = False) -> torch.Tensor:
-    """Keep gates ``[..., n_blocks]`` of a U-shaped block list after DiP-GO's cascade rule.
+def cascade(keep: torch.Tensor, both_sides: bool = False, u_shaped: bool = True) -> torch.Tensor:
+    """Keep gates ``[..., n_blocks]`` after DiP-GO's cascade rule: a block runs only where its output is used.
 
-    Blocks ``i`` and ``n - 1 - i`` sit at the same depth. When a block on the output side (the
-    middle included) reuses its cache, every block at least as deep reuses too: their outputs
-    would only feed it. So block ``i`` runs where its own gate and those of all output-side
-    blocks at its depth or shallower are on. With ``both_sides`` (a backbone whose time step
-    enters only through the first block) input-side blocks cascade alike: the deeper blocks would
-    recompute the previous step's outputs from the previous step's inputs. Bool gates give bool,
-    soft gates their product.
+    U-shaped block list: blocks ``i`` and ``n - 1 - i`` sit at the same depth. When a block on the
+    output side (the middle included) reuses its cache, every block at least as deep reuses too:
+    their outputs would only feed it. So block ``i`` runs where its own gate and those of all
+    output-side blocks at its depth or shallower are on. With ``both_sides`` (a backbone whose time
+    step enters only through the first block) input-side blocks cascade alike: the deeper blocks would
+    recompute the previous step's outputs from the previous step's inputs.
+
+    Flat block list (``u_shaped=False``, e.g. DiT): a block that reuses its cached output replaces the
+    whole hidden state, so every block before it is unused; block ``i`` runs where its own gate and
+    those of all later blocks are on, i.e. a step recomputes a suffix of the blocks.
+
+    Bool gates give bool, soft gates their product.
     """
     n = keep.shape[-1]
     depth = depths(n)
     columns = []
     for i in range(n):
-        cascading = (j for j in range(n) if j != i and depth[j] >= depth[i] and (both_sides or j >= (n - 1) / 2))
+        if u_shaped:
+            cascading = [j for j in range(n) if j != i and depth[j] >= depth[i] and (both_sides or j >= (n - 1) / 2)]
+        else:
+            cascading = list(range(i + 1, n))
         gates = keep[..., [i, *cascading]]
         columns.append(gates.prod(-1) if keep.is_floating_point() else gates.all(-1))
     return torch.stack(columns, dim=-1)

@@ -92,10 +92,11 @@ def train_pruner(
     block_macs: torch.Tensor,
     total: float,
     both_sides: bool = False,
+    u_shaped: bool = True,
 ) -> tuple[PrunerNet, dict[str, list[float]]]:
     """Optimise a :class:`PrunerNet` for ``model``; returns it with its loss history.
 
-    ``both_sides`` is :func:`cascade`'s.
+    ``both_sides`` and ``u_shaped`` are :func:`cascade`'s.
     """
     steps, target = ctx.diffusion.sample_steps, ctx.options.dipgo_target
     generator = torch.Generator().manual_seed(ctx.seed)
@@ -114,7 +115,7 @@ def train_pruner(
             references = [ctx.diffusion.denoise(model, x_T) for x_T in noises]
         with BlockGates(blocks) as gates:
             for step in tqdm(range(PRUNER_STEPS), desc="dipgo", disable=not ctx.progress):
-                rows = cascade(with_first_step(straight_through(pruner())), both_sides)
+                rows = cascade(with_first_step(straight_through(pruner())), both_sides, u_shaped)
                 out = ctx.diffusion.denoise(
                     model, noises[step % NOISE_SETS], lambda i: gates.set_step(i, list(rows[i].unbind()))
                 )
@@ -133,7 +134,8 @@ def train_pruner(
 
 
 def threshold_schedule(
-    keep_prob: torch.Tensor, block_macs: torch.Tensor, total: float, target: float, both_sides: bool = False
+    keep_prob: torch.Tensor, block_macs: torch.Tensor, total: float, target: float, both_sides: bool = False,
+    u_shaped: bool = True,
 ) -> tuple[torch.Tensor, float]:
     """Reuse (step, block) pairs, least needed first and cascaded, until the MACs ratio meets ``target``.
 
@@ -145,7 +147,7 @@ def threshold_schedule(
     flat = keep_prob.detach().flatten().cpu()
 
     def schedule_of(keep: torch.Tensor) -> tuple[torch.Tensor, float]:
-        schedule = cascade(with_first_step(keep.view(keep_prob.shape)), both_sides)
+        schedule = cascade(with_first_step(keep.view(keep_prob.shape)), both_sides, u_shaped)
         return schedule, float(kept_macs_ratio(schedule, block_macs, total))
 
     keep = torch.ones(len(flat), dtype=torch.bool)
@@ -173,10 +175,13 @@ class DiPGO(Method):
         block_macs, total = block_costs(ctx, state.model, [name for name, _ in blocks])
         started = time.perf_counter()
         both_sides = not ctx.backbone.time_enters_every_block
-        pruner, history = train_pruner(ctx, state.model, blocks, block_macs, total, both_sides)
+        u_shaped = ctx.backbone.u_shaped
+        pruner, history = train_pruner(ctx, state.model, blocks, block_macs, total, both_sides, u_shaped)
         with torch.no_grad():
             keep_prob = pruner().cpu()
-        schedule, tau = threshold_schedule(keep_prob, block_macs, total, ctx.options.dipgo_target, both_sides)
+        schedule, tau = threshold_schedule(
+            keep_prob, block_macs, total, ctx.options.dipgo_target, both_sides, u_shaped
+        )
         info = {
             "pruner_steps": PRUNER_STEPS,
             "pruner_batch": PRUNER_BATCH,

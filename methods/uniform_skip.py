@@ -2,7 +2,9 @@
 
 Blocks are taken from the middle of the U outward (the mid block, then the innermost in/out pair, ...)
 as long as that brings the trajectory MACs ratio closer to ``options.dipgo_target``, so it has the
-same MACs budget as DiP-GO where every-other-step skipping can reach it.
+same MACs budget as DiP-GO where every-other-step skipping can reach it. On a flat block list (DiT)
+a reusing block makes every earlier one unused, so blocks are taken from the first onward: odd steps
+recompute only the last blocks from the cached hidden state.
 """
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ def rings_from_centre(n_blocks: int) -> list[list[int]]:
     for index in sorted(range(n_blocks), key=lambda i: depth[i]):
         rings.setdefault(depth[index], []).append(index)
     return list(rings.values())
+
+
+def reuse_order(n_blocks: int, u_shaped: bool) -> list[list[int]]:
+    """Groups of blocks in the order uniform skipping lets them reuse: rings of the U, or a growing prefix."""
+    return rings_from_centre(n_blocks) if u_shaped else [[index] for index in range(n_blocks)]
 
 
 def odd_step_schedule(steps: int, n_blocks: int, skipped: list[int]) -> torch.Tensor:
@@ -42,7 +49,7 @@ class UniformSkip(Method):
         steps, target = ctx.diffusion.sample_steps, ctx.options.dipgo_target
         candidates = []
         skipped: list[int] = []
-        for ring in [[], *rings_from_centre(len(names))]:
+        for ring in [[], *reuse_order(len(names), ctx.backbone.u_shaped)]:
             skipped = skipped + ring
             schedule = odd_step_schedule(steps, len(names), skipped)
             candidates.append((abs(float(kept_macs_ratio(schedule, block_macs, total)) - target), skipped, schedule))

@@ -10,7 +10,7 @@ from benchmark.metrics.macs import count_macs, trajectory_macs
 from benchmark.presets import get_preset
 from benchmark.skipping import cascade
 from methods.dipgo import DiPGO, PrunerNet, straight_through, threshold_schedule
-from methods.uniform_skip import UniformSkip, rings_from_centre
+from methods.uniform_skip import UniformSkip, odd_step_schedule, reuse_order, rings_from_centre
 
 PRESET = replace(get_preset("tiny"), name="test", image_size=IMAGE[1], channels=IMAGE[0], sample_steps=STEPS)
 
@@ -83,6 +83,14 @@ def test_dipgo_meets_the_macs_target_and_keeps_the_masks():
 def test_rings_go_from_the_middle_of_the_u_outward():
     assert rings_from_centre(5) == [[2], [1, 3], [0, 4]]
     assert rings_from_centre(4) == [[1, 2], [0, 3]]
+    assert reuse_order(5, u_shaped=True) == rings_from_centre(5)
+
+
+def test_a_flat_block_list_reuses_a_growing_prefix():
+    assert reuse_order(4, u_shaped=False) == [[0], [1], [2], [3]]
+    for skipped in ([0], [0, 1], [0, 1, 2]):  # uniform-skip's schedules are in DiP-GO's flat search space
+        schedule = odd_step_schedule(6, 4, skipped)
+        assert torch.equal(cascade(schedule, u_shaped=False), schedule)
 
 
 def test_uniform_skip_skips_deepest_blocks_on_odd_steps_near_target():

@@ -229,6 +229,18 @@ def test_cascade_on_both_sides_takes_every_deeper_block_with_any_reusing_block()
     torch.testing.assert_close(soft[0, 1], torch.tensor(0.9 * 0.5 * 0.7 * 0.6))
 
 
+def test_cascade_on_a_flat_block_list_runs_a_suffix():
+    keep = torch.ones(5, dtype=torch.bool)
+    keep[2] = False  # block 2 hands on its cached output: blocks 0 and 1 would only feed it
+    assert cascade(keep, u_shaped=False).tolist() == [False, False, False, True, True]
+    keep[:] = True
+    keep[0] = False  # the first block alone takes nothing with it
+    assert cascade(keep, u_shaped=False).tolist() == [False, True, True, True, True]
+    assert cascade(keep, both_sides=True, u_shaped=False).tolist() == [False, True, True, True, True]
+    soft = cascade(torch.tensor([[0.5, 0.9, 0.8]]), u_shaped=False)
+    torch.testing.assert_close(soft, torch.tensor([[0.5 * 0.9 * 0.8, 0.9 * 0.8, 0.8]]))
+
+
 def test_diffusers_unet_blocks_can_be_skipped():
     model = UNetEps().eval()
     unet = model.unet
