@@ -1,4 +1,4 @@
-"""Typed objects that plugins and the harness exchange.
+"""Typed objects that plugins and the grid exchange.
 
 A :class:`Backbone` builds a noise-prediction network ``model(x, t) -> eps`` and says which of its
 parts a method may touch. A :class:`Method` turns a :class:`Pruned` state into a new one; methods
@@ -13,21 +13,16 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 import torch
 from torch import nn
 
+from benchmark.errors import BenchmarkError, CheckpointMismatchError, PluginContractError
+
+__all__ = [  # the errors are part of the plugin contract: plugins import them from here
+    "Backbone", "BenchmarkError", "ChannelPruning", "CheckpointMismatchError", "KNOBS", "Method", "MethodContext",
+    "NMPattern", "PluginContractError", "Pruned", "RunOptions",
+]
+
 if TYPE_CHECKING:
     from benchmark.diffusion import Diffusion
     from benchmark.presets import Preset
-
-
-class BenchmarkError(Exception):
-    """An error caused by the user's input; the CLI prints it as one line and exits with 2."""
-
-
-class PluginContractError(BenchmarkError):
-    """A plugin registered an object that does not satisfy the contract in this module."""
-
-
-class CheckpointMismatchError(BenchmarkError):
-    """A checkpoint does not fit the backbone's architecture (lists missing/unexpected keys)."""
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,8 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from benchmark.harness import expand_methods, run_grid
+    from benchmark.grid.plan import expand_methods
+    from benchmark.grid.run import run_grid
     from benchmark.plugins import build_registries
 
     registries = build_registries()
@@ -261,7 +262,7 @@ def parse_checkpoints(specs: list[str], backbones: list[str]) -> dict[str, str]:
 
 
 def leaderboard_command(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard import publish
+    from benchmark.grid.report import publish
 
     paths = publish(args.run_dir)
     print(paths[args.format].read_text(encoding="utf-8"), end="")
@@ -271,7 +272,7 @@ def leaderboard_command(args: argparse.Namespace) -> int:
 def train_dense_command(args: argparse.Namespace) -> int:
     from benchmark import checkpoints
     from benchmark.data import cache_dir
-    from benchmark.harness import resolve_device
+    from benchmark.grid.run import resolve_device
     from benchmark.plugins import build_registries
 
     backbone = build_registries().backbones.get(args.backbone)
@@ -291,7 +292,7 @@ def train_dense_command(args: argparse.Namespace) -> int:
 
 
 def latency_command(args: argparse.Namespace) -> int:
-    from benchmark.harness import resolve_device
+    from benchmark.grid.run import resolve_device
     from benchmark.metrics import latency
     from benchmark.plugins import build_registries
 

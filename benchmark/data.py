@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.api import BenchmarkError
+from benchmark.errors import BenchmarkError
 
 CACHE_ENV = "DIFFPRUNE_BENCH_CACHE"
 DATASETS = ("mnist16", "cifar10")

@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark.api import BenchmarkError
+from benchmark.errors import BenchmarkError
 
 if TYPE_CHECKING:
     from benchmark.presets import Preset

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import BinaryIO
 
 import matplotlib
 
@@ -17,12 +18,11 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 FAILED = {"failed", "error"}
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """Save ``[N, C, H, W]`` images in [-1, 1] as one PNG grid, ``nrow`` images per row."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(((images.detach().float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow)
-    return path
+def save_grid(images: torch.Tensor, file: str | Path | BinaryIO, nrow: int = 8) -> None:
+    """Save ``[N, C, H, W]`` images in [-1, 1] as one PNG grid, ``nrow`` images per row, to a path or a file."""
+    if isinstance(file, (str, Path)):
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
+    save_image(((images.detach().float().cpu() + 1) / 2).clamp(0, 1), file, nrow=nrow, format="png")
 
 
 def _numeric(df: pd.DataFrame, column: str) -> pd.Series:

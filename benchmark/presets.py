@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from benchmark.api import BenchmarkError
+from benchmark.errors import BenchmarkError
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from benchmark.api import BenchmarkError, PluginContractError
+from benchmark.errors import BenchmarkError, PluginContractError
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -130,13 +130,12 @@ def architecture_changed(dense: nn.Module, model: nn.Module) -> bool:
     return shapes != mine
 
 
-def save_pruned(model: nn.Module, path: str | Path) -> Path:
-    """Save a model :func:`prune_to_macs` made: its pruning history and its weights."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_pruned(model: nn.Module, file: str | Path | BinaryIO) -> None:
+    """Save a model :func:`prune_to_macs` made: its pruning history and its weights, to a path or a file."""
+    if isinstance(file, (str, Path)):
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
     history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in model.pruning_history]
-    torch.save({"pruning_history": history, "state_dict": model.state_dict()}, path)
-    return path
+    torch.save({"pruning_history": history, "state_dict": model.state_dict()}, file)
 
 
 def load_pruned(backbone: Backbone, preset: Preset, path: str | Path) -> nn.Module:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmark import harness
+from benchmark.grid import run as grid_run
 from benchmark.cli import main
 from benchmark.plugins import DISABLE_AUTOLOAD_ENV
 from benchmark.presets import PRESETS
@@ -108,7 +108,7 @@ def test_sample_steps_replaces_only_that_field_of_the_preset(capsys, monkeypatch
         seen.append(preset)
         return SimpleNamespace(ok=[], failed=[], skipped=[])
 
-    monkeypatch.setattr(harness, "run_grid", run_grid)
+    monkeypatch.setattr(grid_run, "run_grid", run_grid)
     argv = ["run", "--methods", "dense", "--out", str(tmp_path), "--quiet"]
     assert run_main(capsys, *argv, "--sample-steps", "20")[0] == 0
     assert run_main(capsys, *argv)[0] == 0

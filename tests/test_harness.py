@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark import checkpoints, harness
+from benchmark import checkpoints
+from benchmark.grid import plan, run as grid_run
 from benchmark.api import Backbone, BenchmarkError, ChannelPruning, Method, MethodContext, Pruned, RunOptions
 from benchmark.cli import main
 from benchmark.plugins import Registries
@@ -23,7 +24,7 @@ from benchmark.presets import PRESETS, Preset
 from benchmark.registry import Registry
 from benchmark.metrics import fid
 from benchmark.metrics.latency import NA_CUDA
-from benchmark.results import CellStore
+from benchmark.grid.store import CellStore
 from methods.asp import ASP
 from methods.dense import Dense
 from methods.diff_pruning import DiffPruning
@@ -148,7 +149,7 @@ def registries(monkeypatch, tmp_path_factory):
 
 
 def run(registries, tmp_path, methods, options=None, seeds=(0,)):
-    return harness.run_grid(
+    return grid_run.run_grid(
         registries, methods, ["tiny-net"], UNIT, options or RunOptions(), seeds=list(seeds), device="cpu",
         out_dir=tmp_path, progress=False,
     )  # fmt: skip
@@ -269,12 +270,12 @@ def test_cli_exit_code_when_a_cell_failed(registries, tmp_path, monkeypatch, cap
 
 def test_expand_methods(registries):
     methods = registries.methods
-    everything = harness.expand_methods(methods, "all")
+    everything = plan.expand_methods(methods, "all")
     assert everything[0] == "dense" and sorted(everything) == sorted(methods.names())
-    assert harness.expand_methods(methods, " asp , asp+uniform-skip,asp,") == ["asp", "asp+uniform-skip"]
-    assert harness.expand_methods(methods, "all,asp + uniform-skip")[-1] == "asp+uniform-skip"
+    assert plan.expand_methods(methods, " asp , asp+uniform-skip,asp,") == ["asp", "asp+uniform-skip"]
+    assert plan.expand_methods(methods, "all,asp + uniform-skip")[-1] == "asp+uniform-skip"
     with pytest.raises(BenchmarkError, match="no method given"):
-        harness.expand_methods(methods, " , ")
+        plan.expand_methods(methods, " , ")
 
 
 def test_invalid_input_fails_before_any_cell(registries, tmp_path):
@@ -380,7 +381,7 @@ def test_structural_cells_save_a_smaller_reloadable_model(registries, tmp_path):
 
 
 def test_each_operating_point_is_its_own_cell(registries, tmp_path):
-    assert harness.expand_methods(registries.methods, "uniform-skip@0.30,uniform-skip@0.7,uniform-skip") == [
+    assert plan.expand_methods(registries.methods, "uniform-skip@0.30,uniform-skip@0.7,uniform-skip") == [
         "uniform-skip@0.3", "uniform-skip@0.7", "uniform-skip",
     ]
     run(registries, tmp_path, ["l1-channel@0.3", "l1-channel@0.7"])
@@ -404,7 +405,7 @@ def test_each_operating_point_is_its_own_cell(registries, tmp_path):
 )
 def test_bad_operating_points_are_refused_before_any_cell(registries, tmp_path, spec, message):
     with pytest.raises(BenchmarkError, match=message):
-        harness.expand_methods(registries.methods, spec)
+        plan.expand_methods(registries.methods, spec)
     with pytest.raises(BenchmarkError, match=message):
         run(registries, tmp_path, [spec])
     assert not tmp_path.joinpath("cells").exists()

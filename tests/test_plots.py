@@ -8,7 +8,8 @@ from benchmark.plots import method_family, pareto_plots, save_grid
 
 def test_grid_png_has_the_grid_size(tmp_path):
     images = torch.rand(6, 3, 16, 16) * 2 - 1
-    path = save_grid(images, tmp_path / "grids" / "samples.png", nrow=3)
+    path = tmp_path / "grids" / "samples.png"
+    save_grid(images, path, nrow=3)
     with Image.open(path) as grid:
         assert grid.format == "PNG"
         assert grid.size == (3 * (16 + 2) + 2, 2 * (16 + 2) + 2)  # 3 x 2 images, 2-pixel padding

@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from benchmark import results
+from benchmark.grid import store as results
 from benchmark.api import BenchmarkError
-from benchmark.leaderboard import COLUMNS, load_cells, publish, render, write_leaderboard
-from benchmark.results import SCHEMA_VERSION, CellStore, config_hash
+from benchmark.grid.report import COLUMNS, load_cells, publish, render, write_leaderboard
+from benchmark.grid.store import SCHEMA_VERSION, CellStore, config_hash
 
 NA = "n/a (needs CUDA sm80+)"
 CONFIG = {"preset": {"name": "tiny", "lr": 2e-4}, "options": {"pattern": "2:4"}, "seed": 0}
@@ -76,15 +76,21 @@ class TestCellStore:
         store.write(make_cell("uvit", "asp", fid=2.0))
         assert synced, "the new file is flushed to disk before it replaces the old one"
 
-        def dump_half_then_crash(obj, f, **kwargs):
-            f.write('{"schema": 1, "backbone": "uv')
+        def crash_before_the_data_is_safe(fd):
             raise OSError("disk full")
 
-        monkeypatch.setattr(results.json, "dump", dump_half_then_crash)
+        monkeypatch.setattr(results.os, "fsync", crash_before_the_data_is_safe)
         with pytest.raises(OSError, match="disk full"):
             store.write(make_cell("uvit", "asp", fid=3.0))
         assert store.read("uvit", "asp", 0)["metrics"]["fid"] == 2.0
         assert [p.name for p in store.cells_dir.iterdir()] == ["uvit__asp__seed0.json"]  # no temp file left
+
+    def test_a_cell_is_written_after_its_files(self, store):
+        cell = {**make_cell("uvit", "l1-channel", fid=2.0), "pruned_model": "models/uvit__l1-channel__seed0.pt"}
+        store.write(cell, {"models/uvit__l1-channel__seed0.pt": b"weights", "samples/uvit__l1-channel__seed0.png": b"png"})
+        assert (store.out_dir / cell["pruned_model"]).read_bytes() == b"weights"
+        assert (store.out_dir / "samples" / "uvit__l1-channel__seed0.png").read_bytes() == b"png"
+        assert store.read("uvit", "l1-channel", 0) == cell
 
     def test_truncated_file_warns_and_is_recomputed(self, store):
         path = store.write(make_cell("uvit", "asp"))

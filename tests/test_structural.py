@@ -36,7 +36,8 @@ def test_pruning_meets_the_macs_target_and_reloads(registries, tmp_path, name, t
     for kept in backbone.channel_pruning(model).kept:  # e.g. the output head keeps its width
         assert pruned.get_submodule(kept).weight.shape[0] == model.get_submodule(kept).weight.shape[0]
 
-    path = structural.save_pruned(pruned, tmp_path / "pruned.pt")
+    path = tmp_path / "pruned.pt"
+    structural.save_pruned(pruned, path)
     reloaded = structural.load_pruned(backbone, TINY, path)
     x, t = backbone.example_inputs(TINY, 3)
     with torch.no_grad():

@@ -34,7 +34,7 @@ from benchmark.metrics import fid
 from benchmark.plots import save_grid
 from benchmark.plugins import build_registries
 from benchmark.presets import get_preset
-from benchmark.results import environment_versions
+from benchmark.grid.store import environment_versions
 
 FLOOR_FACTOR = 2.0
 GRID_IMAGES = 64

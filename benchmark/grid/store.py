@@ -1,6 +1,7 @@
-"""One JSON file per (backbone, method, seed) cell, written atomically and keyed by a config hash.
+"""The store: one JSON file per (backbone, method, seed) cell, written atomically and keyed by a config hash.
 
-A run directory holds ``cells/{backbone}__{method}__seed{seed}.json``. A cell whose file says ``"status": "ok"``
+A run directory holds ``cells/{backbone}__{method}__seed{seed}.json`` and the files a cell produced
+beside it (``samples/{stem}.png``, ``models/{stem}.pt``). A cell whose file says ``"status": "ok"``
 and whose ``config_hash`` matches the current configuration is complete and is skipped on resume;
 failed, stale and unreadable cells are recomputed.
 
@@ -52,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import __version__
-from benchmark.api import BenchmarkError
+from benchmark.errors import BenchmarkError
 
 SCHEMA_VERSION = 3
 REFERENCE_METHOD = "dense"  # every backbone's reference row
@@ -120,18 +121,23 @@ class CellStore:
     def _unwritable(self, error: OSError) -> BenchmarkError:
         return BenchmarkError(f"cannot write results to {self.out_dir}: {error.strerror or error}")
 
-    def write(self, cell: dict[str, Any]) -> Path:
-        """Write ``cell`` so that readers see either the old file or the complete new one."""
-        path = self.path(cell["backbone"], cell["method"], cell["seed"])
+    def write(self, cell: dict[str, Any], artefacts: dict[str, bytes] | None = None) -> Path:
+        """Write a cell's ``artefacts`` (run-relative path -> bytes), then the cell itself, each atomically:
+        readers see either the old file or the complete new one, and a cell file never names a missing one."""
+        for relative, data in (artefacts or {}).items():
+            self._replace(self.out_dir / relative, data)
+        text = json.dumps(cell, indent=2, ensure_ascii=False) + "\n"
+        return self._replace(self.path(cell["backbone"], cell["method"], cell["seed"]), text.encode("utf-8"))
+
+    def _replace(self, path: Path, data: bytes) -> Path:
         try:
-            self.cells_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.cells_dir, prefix=f".{path.stem}.", suffix=".tmp")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
         except OSError as e:
             raise self._unwritable(e) from None
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(cell, f, indent=2, ensure_ascii=False)
-                f.write("\n")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -11,8 +11,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark import __version__, significance
-from benchmark.api import BenchmarkError
-from benchmark.results import FINETUNE_CONTROL, REFERENCE_METHOD, SCHEMA_VERSION, CellStore, now_iso
+from benchmark.errors import BenchmarkError
+from benchmark.grid.store import FINETUNE_CONTROL, REFERENCE_METHOD, SCHEMA_VERSION, CellStore, now_iso
 
 CELL_COLUMNS = [
     "backbone", "method", "seed", "status", "fid", "fid_sd", "fid_to_dense", "fid_to_dense_sd", "params_m",

@@ -1,0 +1,153 @@
+"""Planning: the requested grid becomes one :class:`CellSpec` per (seed, backbone, method), each with the
+configuration that decides its numbers and that configuration's hash.
+
+Methods are names, ``a+b`` chains and ``name@value`` operating points (a method's knob set to
+``value``). Every backbone gets its ``dense`` reference cell for every seed; within a seed the dense
+cell comes first, since the other cells compare their samples with its samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from benchmark.api import Method, RunOptions
+from benchmark.errors import BenchmarkError
+from benchmark.grid.store import REFERENCE_METHOD, config_hash
+from benchmark.registry import Registry, UnknownNameError
+
+if TYPE_CHECKING:
+    from benchmark.plugins import Registries
+    from benchmark.presets import Preset
+
+CHAIN_SEPARATOR = "+"
+OPERATING_POINT = "@"  # dipgo@0.3: the method with its knob at 0.3
+FID_RESAMPLES = 200  # bootstrap resamples behind every FID interval
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell to compute: everything a worker needs besides the shared inputs of its backbone."""
+
+    backbone: str
+    chain: tuple[str, ...]
+    seed: int
+    config: dict[str, Any] = field(compare=False, hash=False)
+
+    @property
+    def method(self) -> str:
+        return CHAIN_SEPARATOR.join(self.chain)
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+
+def split_chain(method: str) -> list[str]:
+    """``"sparsedm+dipgo"`` -> ``["sparsedm", "dipgo"]``; an empty part is an error."""
+    parts = [part.strip() for part in method.split(CHAIN_SEPARATOR)]
+    if not all(parts):
+        raise BenchmarkError(f"malformed method chain {method!r}: write it as a+b with method names")
+    return parts
+
+
+def split_operating_point(part: str) -> tuple[str, str | None]:
+    """``"dipgo@0.3"`` -> ``("dipgo", "0.3")``; ``"dipgo"`` -> ``("dipgo", None)``."""
+    name, at, value = part.partition(OPERATING_POINT)
+    return name.strip(), (value.strip() if at else None)
+
+
+def canonical_part(registry: Registry[Method], part: str) -> str:
+    """A chain part checked against the registry, its operating point spelled canonically (``asp@2:4``)."""
+    name, value = split_operating_point(part)
+    method = registry.get(name)
+    if value is None:
+        return name
+    if method.knob is None:
+        with_knobs = [m.name for m in (registry.get(n) for n in registry.names()) if m.knob is not None]
+        raise BenchmarkError(
+            f"method {name!r} has no operating point to set ({part!r}); methods with one: {', '.join(with_knobs)}"
+        )
+    try:
+        _, canonical = RunOptions().with_knob(method.knob, value)
+    except BenchmarkError as e:
+        raise BenchmarkError(f"bad operating point {part!r} ({method.knob}): {e}") from None
+    return f"{name}{OPERATING_POINT}{canonical}"
+
+
+def part_options(registry: Registry[Method], part: str, options: RunOptions) -> RunOptions:
+    """The options one chain part runs with: ``options`` with its knob set where the part names a value."""
+    name, value = split_operating_point(part)
+    return options if value is None else options.with_knob(registry.get(name).knob, value)[0]
+
+
+def expand_methods(registry: Registry[Method], spec: str) -> list[str]:
+    """Expand ``--methods``: a comma list of names and ``a+b`` chains; ``all`` is every method, dense first.
+
+    A part may set its method's operating point, ``dipgo@0.3`` (see :attr:`benchmark.api.Method.knob`).
+    Every part of every chain must be registered; duplicates are dropped, the order is kept.
+    """
+    expanded: list[str] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if item == "all":
+            names = registry.names()
+            candidates = sorted(names, key=lambda name: name != REFERENCE_METHOD)
+        elif item:
+            candidates = [CHAIN_SEPARATOR.join(canonical_part(registry, part) for part in split_chain(item))]
+        else:
+            continue
+        expanded += [name for name in candidates if name not in expanded]
+    if not expanded:
+        raise UnknownNameError(f"no method given; available: {', '.join(registry.names())}")
+    return expanded
+
+
+def cell_config(
+    registries: Registries, preset: Preset, options: RunOptions, device: str, backbone: str, chain: tuple[str, ...],
+    seed: int, dense_checkpoint: str, fid_weights: str,
+) -> dict[str, Any]:
+    """Everything that changes a cell's numbers; its hash decides whether a stored cell is current."""
+    return {
+        "backbone": backbone,
+        "method": CHAIN_SEPARATOR.join(chain),
+        "preset": preset.to_dict(),
+        "options": options.to_dict(),
+        "seed": seed,
+        "device": device,
+        "method_versions": {name: registries.methods.get(name).version for name, _ in map(split_operating_point, chain)},
+        "backbone_version": registries.backbones.get(backbone).version,
+        "dense_checkpoint": dense_checkpoint,
+        "fid": {"weights": fid_weights, "bootstrap_resamples": FID_RESAMPLES},
+    }
+
+
+def parse_request(registries: Registries, methods: list[str], backbones: list[str],
+                  seeds: list[int]) -> list[tuple[str, ...]]:
+    """The requested chains, checked and spelled canonically; unknown names and repeated seeds raise
+    :class:`BenchmarkError` before any work."""
+    chains = [tuple(canonical_part(registries.methods, part) for part in split_chain(m)) for m in methods]
+    for backbone in backbones:
+        registries.backbones.entry(backbone)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise BenchmarkError(f"seeds must be distinct and at least one, got {list(seeds)}")
+    return chains
+
+
+def plan_grid(
+    registries: Registries, chains: list[tuple[str, ...]], backbones: list[str], preset: Preset, options: RunOptions,
+    seeds: list[int], device: str, dense_checkpoints: dict[str, str], fid_weights: str,
+) -> list[CellSpec]:
+    """Every cell of the grid, seed-major, each backbone's dense reference first, duplicates once.
+
+    ``dense_checkpoints`` identifies each backbone's starting checkpoint by content.
+    """
+    unique = [(REFERENCE_METHOD,)]
+    for chain in chains:
+        if chain not in unique:
+            unique.append(chain)
+    return [
+        CellSpec(backbone, chain, seed, cell_config(registries, preset, options, device, backbone, chain, seed,
+                                                    dense_checkpoints[backbone], fid_weights))
+        for seed in seeds
+        for backbone in backbones
+        for chain in unique
+    ]
