@@ -23,6 +23,7 @@ examples:
   python -m benchmark run --methods all --backbones all --preset tiny
   python -m benchmark run --methods dense,asp,sparsedm+dipgo --backbones uvit --out runs/mine --quiet
   python -m benchmark run --methods all --seeds 0,1,2 --out runs/tiny-3seeds
+  python -m benchmark run --methods all --seeds 0,1,2 --executor ray --ray-address auto
   python -m benchmark run --methods dipgo@0.3,dipgo@0.7,diff-pruning@0.3,diff-pruning+dipgo --backbones ddpm
   python -m benchmark leaderboard runs/tiny --format csv
   python -m benchmark train-dense --backbone ddpm --preset tiny --steps 6000
@@ -133,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="DDIM steps per image, for FID, latency and block schedules (default: the preset's)")
     run.add_argument("--checkpoint", action="append", default=[], metavar="BACKBONE=PATH",
                      help="dense starting checkpoint for a backbone (repeatable)")
+    run.add_argument("--executor", default="local", choices=["local", "ray"],
+                     help="local: every cell in this process (default); ray: one Ray task per cell")
+    run.add_argument("--ray-address", metavar="ADDR",
+                     help="Ray cluster to join, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else a local "
+                          "cluster sized to this machine)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
     run.set_defaults(handler=run_command)
 
@@ -198,6 +204,7 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from benchmark.grid.execute import make_executor
     from benchmark.grid.plan import expand_methods
     from benchmark.grid.run import run_grid
     from benchmark.plugins import build_registries
@@ -223,9 +230,10 @@ def run_command(args: argparse.Namespace) -> int:
         checkpoints=parse_checkpoints(args.checkpoint, registries.backbones.names()),
     )
     out_dir = args.out or Path("runs") / preset.name
+    executor = make_executor(args.executor, args.ray_address)
     summary = run_grid(
         registries, methods, backbones, preset, options, run_seeds(args), args.device, out_dir,
-        progress=not args.quiet,
+        progress=not args.quiet, executor=executor,
     )
     print(
         f"{len(summary.ok)} ok, {len(summary.failed)} failed, {len(summary.skipped)} skipped (already complete); "

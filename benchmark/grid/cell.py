@@ -10,7 +10,7 @@ import random
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
@@ -42,7 +42,6 @@ class Shared:
     real_features: np.ndarray  # FID features of the preset's reference images
     scorer: FIDScorer
     progress: bool = True
-    dense_features: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)  # dense samples by seed
 
 
 @dataclass
@@ -52,10 +51,40 @@ class CellResult:
     dense_features: np.ndarray | None = None  # features of the seed's dense samples, where this cell drew them
 
 
-def compute_cell(spec: CellSpec, shared: Shared) -> CellResult:
+def compute_cell(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None = None) -> CellResult:
     """Compute one cell; any exception but KeyboardInterrupt makes it a ``failed`` record with its traceback,
-    keeping what was measured before it."""
-    record: dict[str, Any] = {
+    keeping what was measured before it.
+
+    ``dense_features`` are the FID features of the seed's dense samples where its dense cell already
+    gave them; without them a non-dense cell draws the dense samples itself (and returns their features).
+    """
+    result = CellResult(_new_record(spec, shared), {})
+    record = result.record
+    try:
+        _compute(spec, shared, dense_features, result)
+        record["status"] = "ok"
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - one failing cell must not stop the grid
+        record["error"] = f"{type(e).__name__}: {e}"
+        record["traceback"] = "".join(traceback.format_exception(e))
+    record["timings"]["total"] = sum(record["timings"].values())
+    record["finished"] = now_iso()
+    if shared.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def failed_record(spec: CellSpec, shared: Shared, error: str, trace: str) -> dict[str, Any]:
+    """The record of a cell whose computation could not report back (its worker died)."""
+    record = _new_record(spec, shared)
+    record.update(error=error, traceback=trace, finished=now_iso())
+    record["timings"]["total"] = 0.0
+    return record
+
+
+def _new_record(spec: CellSpec, shared: Shared) -> dict[str, Any]:
+    return {
         "schema": SCHEMA_VERSION,
         "backbone": spec.backbone,
         "method": spec.method,
@@ -75,23 +104,9 @@ def compute_cell(spec: CellSpec, shared: Shared) -> CellResult:
         "pruned_model": None,  # models/{stem}.pt where the method changed layer shapes
         "started": now_iso(),
     }
-    result = CellResult(record, {})
-    try:
-        _compute(spec, shared, result)
-        record["status"] = "ok"
-    except KeyboardInterrupt:
-        raise
-    except BaseException as e:  # noqa: BLE001 - one failing cell must not stop the grid
-        record["error"] = f"{type(e).__name__}: {e}"
-        record["traceback"] = "".join(traceback.format_exception(e))
-    record["timings"]["total"] = sum(record["timings"].values())
-    record["finished"] = now_iso()
-    if shared.device.type == "cuda":
-        torch.cuda.empty_cache()
-    return result
 
 
-def _compute(spec: CellSpec, shared: Shared, result: CellResult) -> None:
+def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, result: CellResult) -> None:
     """Fill the record's timings, metrics and info in place, so a failure keeps what was measured."""
     from benchmark.diffusion import Diffusion
     from benchmark.grid import measure
@@ -125,7 +140,9 @@ def _compute(spec: CellSpec, shared: Shared, result: CellResult) -> None:
         )
         metrics.update(pair)
     with _timed(timings, "fid"):
-        metrics.update(_quality(spec, shared, backbone, model, dense, diffusion, state.schedule, stem, result))
+        metrics.update(
+            _quality(spec, shared, backbone, model, dense, diffusion, state.schedule, stem, dense_features, result)
+        )
 
 
 def _prune(
@@ -171,7 +188,7 @@ def _keep_architecture(dense: nn.Module, model: nn.Module, relative: str, result
 
 def _quality(
     spec: CellSpec, shared: Shared, backbone: Backbone, model: nn.Module, dense: nn.Module, diffusion: Diffusion,
-    schedule: torch.Tensor | None, stem: str, result: CellResult,
+    schedule: torch.Tensor | None, stem: str, dense_features: np.ndarray | None, result: CellResult,
 ) -> dict[str, Any]:
     """Sample ``fid_samples`` images with the cell's schedule, keep a grid of them and score FID with its interval.
 
@@ -192,7 +209,6 @@ def _quality(
         result.dense_features = features
         to_dense = fid.FIDEstimate(0.0, 0.0, 0.0, 0.0, 0)
     else:
-        dense_features = shared.dense_features.get((spec.backbone, spec.seed))
         if dense_features is None:  # its dense cell ran in an earlier invocation: draw the dense samples again
             dense_features = shared.scorer.features(_samples(shared, backbone, dense, diffusion, None, n, spec.seed))
             result.dense_features = dense_features

@@ -16,8 +16,8 @@ import torch
 
 from benchmark.api import RunOptions
 from benchmark.errors import BenchmarkError
-from benchmark.grid.cell import CellResult, Shared, compute_cell
-from benchmark.grid.execute import EXECUTORS, Executor
+from benchmark.grid.cell import Shared
+from benchmark.grid.execute import Executor, LocalExecutor
 from benchmark.grid.plan import CellSpec, parse_request, plan_grid
 from benchmark.grid.store import CellStore
 from benchmark.plugins import Registries
@@ -88,18 +88,12 @@ def run_grid(
     if pending:
         shared = _prepare(registries, preset, options, device, progress, n, dense_paths, failures,
                           {spec.backbone for spec in pending})
-        labels = {spec: f"[{i}/{len(pending)}] {spec.backbone}/{spec.method} seed {spec.seed}"
-                  for i, spec in enumerate(pending, 1)}
-
-        def compute(spec: CellSpec) -> CellResult:
-            say(labels[spec])
-            return compute_cell(spec, shared)
-
-        for result in (executor or EXECUTORS["local"]()).run(pending, compute):
+        numbers = {spec: f"[{i}/{len(pending)}]" for i, spec in enumerate(pending, 1)}
+        for result in (executor or LocalExecutor()).run(
+            pending, shared, lambda spec: say(f"{numbers[spec]} {spec.backbone}/{spec.method} seed {spec.seed}")
+        ):
             cell = result.record
             store.write(cell, result.artefacts)
-            if result.dense_features is not None:
-                shared.dense_features[cell["backbone"], cell["seed"]] = result.dense_features
             outcome = (summary.ok if cell["status"] == "ok" else summary.failed)
             outcome.append((cell["backbone"], cell["method"], cell["seed"]))
             detail = f"fid {cell['metrics']['fid']:.2f}" if cell["status"] == "ok" else cell["error"]

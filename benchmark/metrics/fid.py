@@ -190,6 +190,10 @@ class FIDScorer:
         self.progress = progress
         self._model: InceptionV3 | None = None
 
+    def __getstate__(self) -> dict:
+        """Pickled (e.g. for a Ray worker) without the network, which the receiver builds on first use."""
+        return {**self.__dict__, "_model": None}
+
     @property
     def model(self) -> InceptionV3:
         if self._model is None:
