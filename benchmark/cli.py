@@ -236,8 +236,9 @@ def run_command(args: argparse.Namespace) -> int:
         progress=not args.quiet, executor=executor,
     )
     print(
-        f"{len(summary.ok)} ok, {len(summary.failed)} failed, {len(summary.skipped)} skipped (already complete); "
-        f"leaderboard: {out_dir / 'leaderboard.md'}"
+        f"{len(summary.ok)} ok, {len(summary.failed)} failed, {len(summary.skipped)} skipped (already complete)"
+        + (f", {len(summary.claimed)} being computed by another invocation" if summary.claimed else "")
+        + f"; leaderboard: {out_dir / 'leaderboard.md'}"
     )
     for backbone, method, seed in summary.failed:
         print(f"failed: {backbone}/{method} seed {seed} (error and traceback in its cell file)", file=sys.stderr)

@@ -226,6 +226,16 @@ def test_keyboard_interrupt_stops_the_run(registries, tmp_path):
     assert CALLS == {"counting": 1, "interrupt": 1}
     store = CellStore(tmp_path)
     assert [c["method"] for c in store.all_cells()] == ["counting", "dense"]
+    assert not list(store.cells_dir.glob(".*.claim"))  # every claim released
+
+
+def test_a_second_invocation_skips_cells_another_one_is_computing(registries, tmp_path):
+    store = CellStore(tmp_path)
+    store.ensure_writable()
+    (store.cells_dir / ".tiny-net__counting__seed0.claim").write_text("other-host 42")
+    summary = run(registries, tmp_path, ["counting", "asp"])
+    assert summary.claimed == [("tiny-net", "counting", 0)] and "counting" not in CALLS
+    assert sorted(m for _, m, _ in summary.ok) == ["asp", "dense"]
 
 
 def test_2to4_latency_report_where_kernels_exist(registries, tmp_path, monkeypatch):

@@ -85,6 +85,21 @@ class TestCellStore:
         assert store.read("uvit", "asp", 0)["metrics"]["fid"] == 2.0
         assert [p.name for p in store.cells_dir.iterdir()] == ["uvit__asp__seed0.json"]  # no temp file left
 
+    def test_a_cell_is_claimed_by_one_process_at_a_time(self, store, monkeypatch):
+        store.ensure_writable()
+        assert store.claim("uvit", "asp", 0) is None  # this process holds it now
+        holder = store.claim("uvit", "asp", 0)
+        assert holder == f"{results.platform.node()} {results.os.getpid()}"
+        store.release("uvit", "asp", 0)
+        assert store.claim("uvit", "asp", 0) is None
+        store.release("uvit", "asp", 0)
+        claim = store.cells_dir / ".uvit__asp__seed0.claim"
+        claim.write_text(f"{results.platform.node()} 999999999")  # a process that is gone
+        assert store.claim("uvit", "asp", 0) is None and claim.read_text().endswith(str(results.os.getpid()))
+        claim.write_text("another-host 1")  # cannot be checked from here: honoured
+        assert store.claim("uvit", "asp", 0) == "another-host 1"
+        assert [c["method"] for c in store.all_cells()] == []  # claims are not cells
+
     def test_a_cell_is_written_after_its_files(self, store):
         cell = {**make_cell("uvit", "l1-channel", fid=2.0), "pruned_model": "models/uvit__l1-channel__seed0.pt"}
         store.write(cell, {"models/uvit__l1-channel__seed0.pt": b"weights", "samples/uvit__l1-channel__seed0.png": b"png"})

@@ -31,6 +31,7 @@ class RunSummary:
     ok: list[tuple[str, str, int]] = field(default_factory=list)
     failed: list[tuple[str, str, int]] = field(default_factory=list)
     skipped: list[tuple[str, str, int]] = field(default_factory=list)  # already complete, not recomputed
+    claimed: list[tuple[str, str, int]] = field(default_factory=list)  # being computed by another invocation
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -79,28 +80,46 @@ def run_grid(
 
     summary = RunSummary()
     pending: list[CellSpec] = []
-    for spec in cells:
-        if store.is_complete(spec.backbone, spec.method, spec.seed, spec.config_hash):
-            summary.skipped.append((spec.backbone, spec.method, spec.seed))
-            say(f"{spec.backbone}/{spec.method} seed {spec.seed}: already complete, skipped")
-        else:
-            pending.append(spec)
-    if pending:
-        shared = _prepare(registries, preset, options, device, progress, n, dense_paths, failures,
-                          {spec.backbone for spec in pending})
-        numbers = {spec: f"[{i}/{len(pending)}]" for i, spec in enumerate(pending, 1)}
-        for result in (executor or LocalExecutor()).run(
-            pending, shared, lambda spec: say(f"{numbers[spec]} {spec.backbone}/{spec.method} seed {spec.seed}")
-        ):
-            cell = result.record
-            store.write(cell, result.artefacts)
-            outcome = (summary.ok if cell["status"] == "ok" else summary.failed)
-            outcome.append((cell["backbone"], cell["method"], cell["seed"]))
-            detail = f"fid {cell['metrics']['fid']:.2f}" if cell["status"] == "ok" else cell["error"]
-            say(f"{cell['backbone']}/{cell['method']} seed {cell['seed']}: {cell['status']} in "
-                f"{cell['timings']['total']:.1f} s ({detail})")
+    try:
+        for spec in cells:
+            key = (spec.backbone, spec.method, spec.seed)
+            if store.is_complete(*key, spec.config_hash):
+                summary.skipped.append(key)
+                say(f"{spec.backbone}/{spec.method} seed {spec.seed}: already complete, skipped")
+            elif (holder := store.claim(*key)) is not None:
+                summary.claimed.append(key)
+                say(f"{spec.backbone}/{spec.method} seed {spec.seed}: being computed by {holder}, skipped")
+            elif store.is_complete(*key, spec.config_hash):  # finished between the check and the claim
+                store.release(*key)
+                summary.skipped.append(key)
+            else:
+                pending.append(spec)
+        if pending:
+            shared = _prepare(registries, preset, options, device, progress, n, dense_paths, failures,
+                              {spec.backbone for spec in pending})
+            _execute(pending, shared, store, summary, say, executor or LocalExecutor())
+    finally:
+        for spec in pending:
+            store.release(spec.backbone, spec.method, spec.seed)
     report.publish(store.out_dir)
     return summary
+
+
+def _execute(
+    pending: list[CellSpec], shared: Shared, store: CellStore, summary: RunSummary, say, executor: Executor
+) -> None:
+    """Compute the pending cells and store each result (then drop its claim) as it arrives."""
+    numbers = {spec: f"[{i}/{len(pending)}]" for i, spec in enumerate(pending, 1)}
+    for result in executor.run(
+        pending, shared, lambda spec: say(f"{numbers[spec]} {spec.backbone}/{spec.method} seed {spec.seed}")
+    ):
+        cell = result.record
+        store.write(cell, result.artefacts)
+        store.release(cell["backbone"], cell["method"], cell["seed"])
+        (summary.ok if cell["status"] == "ok" else summary.failed).append((cell["backbone"], cell["method"], cell["seed"]))
+        detail = f"fid {cell['metrics']['fid']:.2f}" if cell["status"] == "ok" else cell["error"]
+        say(f"{cell['backbone']}/{cell['method']} seed {cell['seed']}: {cell['status']} in "
+            f"{cell['timings']['total']:.1f} s ({detail})")
 
 
 def _printer(progress: bool):

@@ -99,6 +99,27 @@ def _safe(name: str) -> str:
     )
 
 
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _gone(holder: str) -> bool:
+    """True when a claim's ``host pid`` is a process of this host that no longer exists."""
+    host, _, pid = holder.rpartition(" ")
+    if host != platform.node() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class CellStore:
     """The ``cells/`` folder of a run directory."""
 
@@ -159,6 +180,35 @@ class CellStore:
             and cell.get("status") == "ok"
             and cell.get("config_hash") == config_hash
         )
+
+    def claim(self, backbone: str, method: str, seed: int) -> str | None:
+        """Claim a cell for this process; None when claimed, else who holds it (``host pid``).
+
+        A claim is a ``cells/.{stem}.claim`` file created exclusively, so of two invocations on one
+        run directory only one computes a cell. A claim left by a process that is gone (same host, no
+        such pid) is taken over; one from another host is honoured until :meth:`release` or removal.
+        """
+        path = self._claim_path(backbone, method, seed)
+        mine = f"{platform.node()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = _read_text(path)
+                if holder is None or not _gone(holder):
+                    return holder or "another process"
+                path.unlink(missing_ok=True)  # its process died: take the claim over
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(mine)
+            return None
+        return "another process"
+
+    def release(self, backbone: str, method: str, seed: int) -> None:
+        self._claim_path(backbone, method, seed).unlink(missing_ok=True)
+
+    def _claim_path(self, backbone: str, method: str, seed: int) -> Path:
+        return self.cells_dir / f".{cell_stem(backbone, method, seed)}.claim"
 
     def all_cells(self) -> list[dict[str, Any]]:
         """Every readable cell, in file-name order."""
