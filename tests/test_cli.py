@@ -106,7 +106,7 @@ def test_sample_steps_replaces_only_that_field_of_the_preset(capsys, monkeypatch
 
     def run_grid(registries, methods, backbones, preset, *args, **kwargs):
         seen.append(preset)
-        return SimpleNamespace(ok=[], failed=[], skipped=[])
+        return SimpleNamespace(ok=[], failed=[], skipped=[], claimed=[])
 
     monkeypatch.setattr(grid_run, "run_grid", run_grid)
     argv = ["run", "--methods", "dense", "--out", str(tmp_path), "--quiet"]
