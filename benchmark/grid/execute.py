@@ -58,8 +58,8 @@ class RayExecutor:
 
     def run(self, cells: Sequence[CellSpec], shared: Shared, announce: Announce) -> Iterator[CellResult]:
         ray = _import_ray()
-        if not ray.is_initialized():
-            ray.init(address=self.address, log_to_driver=False)
+        if not ray.is_initialized():  # a local cluster starts without the dashboard, a process small machines lack room for
+            ray.init(address=self.address, log_to_driver=False, include_dashboard=False)
         resources = {"num_gpus": 1} if shared.device.type == "cuda" else {"num_cpus": 1}
         task = ray.remote(max_retries=0, **resources)(compute_cell)
         scorer = copy.copy(shared.scorer)
