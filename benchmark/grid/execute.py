@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import traceback
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -58,8 +59,10 @@ class RayExecutor:
 
     def run(self, cells: Sequence[CellSpec], shared: Shared, announce: Announce) -> Iterator[CellResult]:
         ray = _import_ray()
-        if not ray.is_initialized():  # a local cluster starts without the dashboard, a process small machines lack room for
-            ray.init(address=self.address, log_to_driver=False, include_dashboard=False)
+        if not ray.is_initialized():
+            joining = self.address is not None or "RAY_ADDRESS" in os.environ
+            # a new local cluster starts without the dashboard, a process small machines lack room for
+            ray.init(address=self.address, log_to_driver=False, **({} if joining else {"include_dashboard": False}))
         resources = {"num_gpus": 1} if shared.device.type == "cuda" else {"num_cpus": 1}
         task = ray.remote(max_retries=0, **resources)(compute_cell)
         scorer = copy.copy(shared.scorer)
