@@ -68,6 +68,7 @@ def _curves(rows: pd.DataFrame, x: pd.Series, xlabel: str, title: str, path: Pat
         ax.set_title(f"{backbone}: {title}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("FID (lower is better)")
+        ax.set_ylim(bottom=0)  # an FID is never negative, whatever a two-seed t interval says
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
