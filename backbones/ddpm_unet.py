@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import Callable
 
 import torch
 from torch import nn
@@ -74,20 +75,30 @@ def _unet_state_dict(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return state_dict
 
 
-def _check_config(unet: nn.Module, config_path: str) -> None:
-    """Architecture settings that no weight shape reveals (e.g. ``flip_sin_to_cos``) must agree too."""
+def diffusers_weights(model: nn.Module, path: str, subfolder: str, ignored: Callable[[str], bool]) -> str:
+    """The weights file of a diffusers model directory (or of a pipeline's ``subfolder``) for ``model``.
+
+    Architecture settings that no weight shape reveals (e.g. ``flip_sin_to_cos``, heads) must agree
+    with the directory's ``config.json``, except the keys ``ignored`` names.
+    """
+    if os.path.isdir(os.path.join(path, subfolder)):
+        path = os.path.join(path, subfolder)
+    config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
-        raise BenchmarkError(f"checkpoint directory has no config.json: {os.path.dirname(config_path)}")
+        raise BenchmarkError(f"checkpoint directory has no config.json: {path}")
     with open(config_path) as f:
         saved = json.load(f)
     differ = [
         f"{key}={saved[key]!r} vs model {value!r}"
-        for key, value in unet.config.items()
-        if key in saved and key not in _TRAINING_ONLY
-        and (list(value) if isinstance(value, tuple) else value) != saved[key]
+        for key, value in model.config.items()
+        if key in saved and not ignored(key) and (list(value) if isinstance(value, tuple) else value) != saved[key]
     ]
     if differ:
         raise CheckpointMismatchError(f"checkpoint config {config_path} does not fit the model: {'; '.join(differ)}")
+    weights = [os.path.join(path, name) for name in WEIGHT_FILES if os.path.isfile(os.path.join(path, name))]
+    if not weights:
+        raise BenchmarkError(f"no {' or '.join(WEIGHT_FILES)} in checkpoint directory {path}")
+    return weights[0]
 
 
 class DDPMBackbone(Backbone):
@@ -106,13 +117,7 @@ class DDPMBackbone(Backbone):
     def load_checkpoint(self, model: nn.Module, path: str) -> None:
         """Load a diffusers model directory (or a pipeline directory with ``unet/``) or a state-dict file."""
         if os.path.isdir(path):
-            if os.path.isdir(os.path.join(path, "unet")):
-                path = os.path.join(path, "unet")
-            _check_config(model.unet, os.path.join(path, "config.json"))
-            weights = [os.path.join(path, name) for name in WEIGHT_FILES if os.path.isfile(os.path.join(path, name))]
-            if not weights:
-                raise BenchmarkError(f"no {' or '.join(WEIGHT_FILES)} in checkpoint directory {path}")
-            path = weights[0]
+            path = diffusers_weights(model.unet, path, "unet", lambda key: key in _TRAINING_ONLY)
         load_state_dict_strict(model.unet, _unet_state_dict(read_state_dict(path)), path)
 
     def blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:

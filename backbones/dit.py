@@ -7,15 +7,15 @@ variance half of the output is dropped, so the harness sees epsilon.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 from torch import nn
 
+from backbones.ddpm_unet import diffusers_weights
 from backbones.uvit import load_state_dict_strict, read_state_dict
 from benchmark import hookimpl
-from benchmark.api import Backbone, BenchmarkError, CheckpointMismatchError
+from benchmark.api import Backbone, BenchmarkError
 from benchmark.presets import Preset
 
 CONFIGS: dict[str, dict] = {
@@ -32,7 +32,6 @@ WIDTH_CONFIGS: dict[str, dict] = {
     "dit-s2": dict(num_attention_heads=6, attention_head_dim=64, num_layers=12),
     "dit-b2": dict(num_attention_heads=12, attention_head_dim=64, num_layers=12),
 }
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
 class DiT(nn.Module):
@@ -66,21 +65,6 @@ def transformer_config(preset: Preset, config: dict) -> dict:
     )
 
 
-def _check_config(transformer: nn.Module, config_path: str) -> None:
-    """The architecture in a diffusers ``config.json`` must equal the model's (weights alone miss e.g. heads)."""
-    if not os.path.isfile(config_path):
-        raise BenchmarkError(f"checkpoint directory has no config.json: {os.path.dirname(config_path)}")
-    with open(config_path) as f:
-        saved = json.load(f)
-    differ = [
-        f"{key}={saved[key]!r} vs model {value!r}"
-        for key, value in transformer.config.items()
-        if key in saved and not key.startswith("_") and value != saved[key]
-    ]
-    if differ:
-        raise CheckpointMismatchError(f"checkpoint config {config_path} does not fit the model: {'; '.join(differ)}")
-
-
 class DiTBackbone(Backbone):
     name = "dit"
     version = "1"
@@ -99,13 +83,7 @@ class DiTBackbone(Backbone):
         A state dict may hold the transformer's own keys or this wrapper's ``transformer.``-prefixed ones.
         """
         if os.path.isdir(path):
-            if os.path.isdir(os.path.join(path, "transformer")):
-                path = os.path.join(path, "transformer")
-            _check_config(model.transformer, os.path.join(path, "config.json"))
-            weights = [os.path.join(path, name) for name in WEIGHT_FILES if os.path.isfile(os.path.join(path, name))]
-            if not weights:
-                raise BenchmarkError(f"no {' or '.join(WEIGHT_FILES)} in checkpoint directory {path}")
-            path = weights[0]
+            path = diffusers_weights(model.transformer, path, "transformer", lambda key: key.startswith("_"))
         state_dict = {key.removeprefix("transformer."): value for key, value in read_state_dict(path).items()}
         load_state_dict_strict(model.transformer, state_dict, path)
 

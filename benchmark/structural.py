@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from benchmark.api import Backbone, BenchmarkError, MethodContext, Pruned
+from benchmark.api import Backbone, BenchmarkError, ChannelPruning, MethodContext, Pruned
 from benchmark.diffusion import Diffusion
 from benchmark.metrics.macs import count_macs
 from benchmark.presets import Preset
@@ -65,8 +65,13 @@ def _pruner(model: nn.Module, backbone: Backbone, inputs: Sequence[torch.Tensor]
         max_pruning_ratio=MAX_LAYER_RATIO,
         ignored_layers=[modules[name] for name in spec.kept],
         num_heads={modules[name]: heads for name, heads in spec.heads.items()},
-        unwrapped_parameters=[(model.get_parameter(name), dim) for name, dim in spec.unwrapped.items()],
+        unwrapped_parameters=_unwrapped(model, spec),
     )
+
+
+def _unwrapped(model: nn.Module, spec: ChannelPruning) -> list[tuple[nn.Parameter, int]]:
+    """torch-pruning's ``unwrapped_parameters`` for the raw parameters the backbone names."""
+    return [(model.get_parameter(name), dim) for name, dim in spec.unwrapped.items()]
 
 
 def prune_channels(model: nn.Module, backbone: Backbone, inputs: Sequence[torch.Tensor], importance: Any,
@@ -146,7 +151,7 @@ def load_pruned(backbone: Backbone, preset: Preset, path: str | Path) -> nn.Modu
     spec = backbone.channel_pruning(model)
     graph = tp.DependencyGraph().build_dependency(
         model, backbone.example_inputs(preset),
-        unwrapped_parameters=[(model.get_parameter(name), dim) for name, dim in spec.unwrapped.items()],
+        unwrapped_parameters=_unwrapped(model, spec),
     )
     graph.load_pruning_history(saved["pruning_history"])
     backbone.after_channel_pruning(model)
