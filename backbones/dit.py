@@ -7,7 +7,9 @@ variance half of the output is dropped, so the harness sees epsilon.
 """
 from __future__ import annotations
 
+import functools
 import os
+from typing import Callable
 
 import torch
 from torch import nn
@@ -15,7 +17,7 @@ from torch import nn
 from backbones.ddpm_unet import diffusers_weights
 from backbones.uvit import load_state_dict_strict, read_state_dict
 from benchmark import hookimpl
-from benchmark.api import Backbone, BenchmarkError
+from benchmark.api import Backbone, BenchmarkError, ChannelPruning
 from benchmark.presets import Preset
 
 CONFIGS: dict[str, dict] = {
@@ -27,10 +29,14 @@ CONFIGS: dict[str, dict] = {
     "tiny": dict(num_attention_heads=4, attention_head_dim=16, num_layers=6, patch_size=2,
                  num_embeds_ada_norm=1, learned_sigma=False),
 }
-WIDTH_CONFIGS: dict[str, dict] = {
-    # The DiT paper's S/2 and B/2 at imagenet256, for the 2:4 width trend of `benchmark latency`.
-    "dit-s2": dict(num_attention_heads=6, attention_head_dim=64, num_layers=12),
-    "dit-b2": dict(num_attention_heads=12, attention_head_dim=64, num_layers=12),
+VARIANTS: dict[str, dict[str, dict]] = {
+    # The DiT paper's S/2, B/2 and XL/2 (Table 4: 33M, 130M, 675M params), for the 2:4 width trend of
+    # `benchmark latency --variant`.
+    "imagenet256": {
+        "dit-s2": {**CONFIGS["imagenet256"], "num_attention_heads": 6, "attention_head_dim": 64, "num_layers": 12},
+        "dit-b2": {**CONFIGS["imagenet256"], "num_attention_heads": 12, "attention_head_dim": 64, "num_layers": 12},
+        "dit-xl2": CONFIGS["imagenet256"],
+    },
 }
 
 
@@ -65,6 +71,10 @@ def transformer_config(preset: Preset, config: dict) -> dict:
     )
 
 
+def _build(preset: Preset, config: dict) -> DiT:
+    return DiT(**transformer_config(preset, config))
+
+
 class DiTBackbone(Backbone):
     name = "dit"
     version = "1"
@@ -75,7 +85,11 @@ class DiTBackbone(Backbone):
     def build(self, preset: Preset) -> DiT:
         if preset.name not in CONFIGS:
             raise BenchmarkError(f"dit has no config for preset {preset.name!r}; available: {', '.join(CONFIGS)}")
-        return DiT(**transformer_config(preset, CONFIGS[preset.name]))
+        return _build(preset, CONFIGS[preset.name])
+
+    def variants(self, preset: Preset) -> dict[str, Callable[[], DiT]]:
+        """DiT-S/2, B/2 and XL/2 at imagenet256."""
+        return {name: functools.partial(_build, preset, config) for name, config in VARIANTS.get(preset.name, {}).items()}
 
     def load_checkpoint(self, model: nn.Module, path: str) -> None:
         """Load a diffusers directory (a model, or a pipeline with ``transformer/``) or a state-dict file.
@@ -93,6 +107,16 @@ class DiTBackbone(Backbone):
 
     def kept_dense(self, model: nn.Module) -> list[str]:
         return ["transformer.pos_embed.proj", "transformer.proj_out_2"]
+
+    def channel_pruning(self, model: nn.Module) -> ChannelPruning:
+        """Heads keep their number and lose dims equally (query, key and value alike); the patch stem and the
+        output head keep their width, and with them the residual stream and the adaLN modulations of it."""
+        heads = {
+            f"{name}.attn1.{projection}": block.attn1.heads
+            for name, block in self.blocks(model)
+            for projection in ("to_q", "to_k", "to_v")
+        }
+        return ChannelPruning(kept=self.kept_dense(model), heads=heads)
 
 
 @hookimpl

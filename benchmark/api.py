@@ -177,6 +177,11 @@ class Backbone(abc.ABC):
         """Bring attributes that layer shapes do not carry (channel counts, heads) up to date after
         channels were removed or a pruned model was reloaded; nothing by default."""
 
+    def variants(self, preset: "Preset") -> dict[str, Callable[[], nn.Module]]:
+        """Other layouts of this backbone at ``preset`` (e.g. other widths), by name, for
+        ``benchmark latency --variant``; each builds a model that takes the preset's inputs. None by default."""
+        return {}
+
     def example_inputs(self, preset: "Preset", batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs for MACs counting and latency: ``(x, t)`` for a batch of ``batch`` images."""
         x = torch.randn(batch, preset.channels, preset.image_size, preset.image_size)

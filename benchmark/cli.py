@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--batch-sizes", type=batch_sizes, default=[1, 16, 64, 128], metavar="LIST",
                          help="comma list (default: 1,16,64,128)")
     latency.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="default: cuda")
+    latency.add_argument("--variant", help="another layout of the backbone at the preset (dit at imagenet256: "
+                                           "dit-s2, dit-b2, dit-xl2); default: the preset's own")
     latency.add_argument(
         "--out", type=Path, metavar="FILE", help="also write the report, with versions and device, as JSON"
     )
@@ -307,6 +309,7 @@ def latency_command(args: argparse.Namespace) -> int:
 
     backbone = build_registries().backbones.get(args.backbone)
     latency.latency_command(
-        backbone, get_preset(args.preset), args.batch_sizes, resolve_device(args.device), args.out
+        backbone, get_preset(args.preset), args.batch_sizes, resolve_device(args.device), args.out,
+        variant=args.variant,
     )
     return 0

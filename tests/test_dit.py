@@ -25,15 +25,40 @@ def test_dit_xl2_has_the_published_size():
     torch.manual_seed(0)
     with torch.device("meta"):
         model = DiTBackbone().build(IMAGENET)
-    params = sum(p.numel() for p in model.parameters())
-    blocks = model.transformer.transformer_blocks
-    repeated = sum(p.numel() for block in blocks[1:] for p in block.norm1.emb.parameters())
-    assert params == pytest.approx(750e6, rel=0.01)
-    assert params - repeated == pytest.approx(675e6, rel=0.01)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(750e6, rel=0.01)
+    assert _paper_params(model) == pytest.approx(675e6, rel=0.01)
     assert model.transformer.config.out_channels == 8  # learned sigma
     model = model.to_empty(device="cpu")
     x, t = DiTBackbone().example_inputs(IMAGENET, 1)
     assert count_macs(model, (x, t)).total == pytest.approx(118.6e9, rel=0.01)
+
+
+def _paper_params(model: DiT) -> int:
+    """Parameters without the repeated per-block copies of the embedder (see above)."""
+    blocks = model.transformer.transformer_blocks
+    repeated = sum(p.numel() for block in blocks[1:] for p in block.norm1.emb.parameters())
+    return sum(p.numel() for p in model.parameters()) - repeated
+
+
+@pytest.mark.parametrize("variant, params, macs", [("dit-s2", 33e6, 6.06e9), ("dit-b2", 130e6, 23.01e9)])
+def test_width_variants_have_the_published_sizes(variant, params, macs):
+    """DiT paper, Table 4: S/2 33M params, 6.06 Gflops; B/2 130M, 23.01 Gflops; for `latency --variant`."""
+    backbone = DiTBackbone()
+    variants = backbone.variants(IMAGENET)
+    assert list(variants) == ["dit-s2", "dit-b2", "dit-xl2"] and backbone.variants(TINY) == {}
+    model = variants[variant]()
+    assert _paper_params(model) == pytest.approx(params, rel=0.01)
+    assert count_macs(model, backbone.example_inputs(IMAGENET, 1)).total == pytest.approx(macs, rel=0.01)
+
+
+def test_latency_names_the_variants_it_has(capsys):
+    from benchmark.metrics.latency import latency_command
+
+    with pytest.raises(BenchmarkError, match="dit has no variant 'dit-l2' at preset imagenet256; available: "
+                                             "dit-s2, dit-b2, dit-xl2"):
+        latency_command(DiTBackbone(), IMAGENET, [1], device="cpu", variant="dit-l2")
+    report = latency_command(DiTBackbone(), IMAGENET, [1], device="cpu", variant="dit-s2")
+    assert report["variant"] == "dit-s2" and not report["supported"]  # no CUDA here: the n/a line, no model built
 
 
 def test_the_harness_sees_epsilon_and_the_null_label_is_used():
@@ -70,6 +95,24 @@ def test_blocks_are_a_flat_list_with_the_time_step_in_every_block():
     names = [name for name, _ in backbone.blocks(model)]
     assert names == [f"transformer.transformer_blocks.{i}" for i in range(6)]
     assert not backbone.u_shaped and backbone.time_enters_every_block
+
+
+def test_channel_pruning_keeps_heads_and_the_residual_stream():
+    import torch_pruning as tp
+
+    from benchmark import structural
+
+    backbone = DiTBackbone()
+    torch.manual_seed(0)
+    model = backbone.build(TINY).eval()
+    inputs = backbone.example_inputs(TINY, 1)
+    pruned, _ = structural.prune_to_macs(model, backbone, inputs, tp.importance.MagnitudeImportance(p=1), 0.5)
+    for block in pruned.transformer.transformer_blocks:
+        attention = block.attn1
+        widths = {attention.to_q.out_features, attention.to_k.out_features, attention.to_v.out_features}
+        assert attention.heads == 4 and len(widths) == 1 and widths.pop() % 4 == 0
+        assert attention.to_out[0].out_features == block.ff.net[2].out_features == 64  # the residual stream
+    assert pruned.transformer.pos_embed.proj.out_channels == 64
 
 
 def test_the_imagenet_preset_says_what_it_needs_before_any_work():

@@ -32,7 +32,7 @@ from torch.sparse import (
     to_sparse_semi_structured,
 )
 
-from benchmark.api import Backbone, NMPattern
+from benchmark.api import Backbone, BenchmarkError, NMPattern
 from benchmark.presets import Preset, get_preset
 
 NA_CUDA = "n/a (needs CUDA sm80+)"
@@ -419,8 +419,10 @@ def latency_command(
     device: str | torch.device = "cuda",
     out_json: str | Path | None = None,
     pattern: NMPattern | str = "2:4",
+    variant: str | None = None,
 ) -> dict[str, Any]:
-    """``python -m benchmark latency``: 2:4 vs dense latency of a freshly built, magnitude-masked backbone.
+    """``python -m benchmark latency``: 2:4 vs dense latency of a freshly built, magnitude-masked backbone
+    (or of one of its :meth:`~benchmark.api.Backbone.variants` at the preset).
 
     Prints a table (or the n/a line without CUDA sm80+), writes the report with the environment
     to ``out_json`` if given, and returns it. Batch sizes default to 1, 16 and the preset's.
@@ -432,15 +434,23 @@ def latency_command(
     preset = get_preset(preset) if isinstance(preset, str) else preset
     pattern = NMPattern.parse(pattern) if isinstance(pattern, str) else pattern
     batch_sizes = sorted(set(batch_sizes or (1, 16, preset.latency_batch)))
+    build = functools.partial(backbone.build, preset)
+    if variant is not None:
+        variants = backbone.variants(preset)
+        if variant not in variants:
+            raise BenchmarkError(f"{backbone.name} has no variant {variant!r} at preset {preset.name}; "
+                                 f"available: {', '.join(variants) or 'none'}")
+        build = variants[variant]
     result: dict[str, Any] = {
         "command": shlex.join(["python", "-m", "benchmark", *sys.argv[1:]]),
         "backbone": backbone.name,
+        "variant": variant,
         "preset": preset.name,
         "pattern": str(pattern),
         **environment(device),
     }
     if semi_structured_supported(device)[0]:
-        model = backbone.build(preset)
+        model = build()
         masks = _nm_masks(backbone, model, pattern)
         inputs_fn = functools.partial(backbone.example_inputs, preset)
         result.update(sparse_latency_report(model, masks, inputs_fn, batch_sizes, device))
