@@ -14,6 +14,7 @@ from benchmark.registry import Registry
 DEFAULT_PLUGINS = (
     "backbones.uvit",
     "backbones.ddpm_unet",
+    "backbones.dit",
     "methods.dense",
     "methods.dense_ft",
     "methods.asp",

@@ -21,7 +21,7 @@ def registries():
     return build_registries()
 
 
-@pytest.mark.parametrize("name, target", [("ddpm", 0.5), ("uvit", 0.5), ("ddpm", 0.3)])
+@pytest.mark.parametrize("name, target", [("ddpm", 0.5), ("uvit", 0.5), ("dit", 0.5), ("ddpm", 0.3)])
 def test_pruning_meets_the_macs_target_and_reloads(registries, tmp_path, name, target):
     backbone = registries.backbones.get(name)
     torch.manual_seed(0)

@@ -42,7 +42,7 @@ GRID_IMAGES = 64
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbones", default="ddpm,uvit")
+    parser.add_argument("--backbones", help="comma list (default: every registered backbone)")
     parser.add_argument("--steps", default="20,50,100", help="DDIM step counts, increasing")
     parser.add_argument("--samples", type=int, help="images per FID (default: the preset's)")
     parser.add_argument("--seed", type=int, default=7, help="sampling noise and bootstrap seed")
@@ -68,7 +68,7 @@ def main() -> None:
     print("| backbone | checkpoint | " + " | ".join(f"FID@{n}, {s} steps" for s in steps)
           + " | never worse with more steps | at preset steps <= 2x floor |")
     print("|---|---|" + "---|" * len(steps) + "---|---|")
-    for name in args.backbones.split(","):
+    for name in args.backbones.split(",") if args.backbones else registries.backbones.names():
         backbone = registries.backbones.get(name)
         path = dense_checkpoint(backbone, preset, options, "cpu", progress=False)
         model = load_dense(backbone, preset, path, "cpu")

@@ -29,7 +29,7 @@ def main() -> None:
     print("| backbone | target | MACs ratio | params ratio | speedup, batch 1 | speedup, batch "
           f"{preset.latency_batch} | dense ms, batch {preset.latency_batch} |")
     print("|---|---|---|---|---|---|---|")
-    for name in ("ddpm", "uvit"):
+    for name in registries.backbones.names():
         backbone = registries.backbones.get(name)
         path = checkpoints.find_dense_checkpoint(backbone, preset, RunOptions())
         dense = checkpoints.load_dense(backbone, preset, path, "cpu")
