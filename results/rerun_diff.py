@@ -1,6 +1,6 @@
 """Two runs of the same cells, side by side: how far a rerun moves each FID and speedup.
 
-Cells are matched by file name and must have the same config hash (the same configuration); the FID
+Cells are matched by (backbone, method, seed) and must have the same config hash (the same configuration); the FID
 difference is judged against the two cells' bootstrap intervals (:mod:`benchmark.significance`).
 
     python results/rerun_diff.py results/default results/tiny > results/default/rerun_diff.out
@@ -8,16 +8,17 @@ difference is judged against the two cells' bootstrap intervals (:mod:`benchmark
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from benchmark import significance
+from benchmark.grid.store import CellStore, cell_stem
 
 AGREE = 1e-3  # FID units: float summation order (e.g. thread count) moves the last digits only
 
 
 def _cells(run: Path) -> dict[str, dict]:
-    return {path.stem: json.loads(path.read_text()) for path in sorted((run / "cells").glob("*.json"))}
+    """The run's cells by file stem, read as the harness reads them."""
+    return {cell_stem(c["backbone"], c["method"], c["seed"]): c for c in CellStore(run).all_cells()}
 
 
 def _speedup(cell: dict) -> str:

@@ -51,7 +51,7 @@ def test_width_variants_have_the_published_sizes(variant, params, macs):
     assert count_macs(model, backbone.example_inputs(IMAGENET, 1)).total == pytest.approx(macs, rel=0.01)
 
 
-def test_latency_names_the_variants_it_has(capsys):
+def test_latency_names_the_variants_it_has():
     from benchmark.metrics.latency import latency_command
 
     with pytest.raises(BenchmarkError, match="dit has no variant 'dit-l2' at preset imagenet256; available: "
