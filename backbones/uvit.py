@@ -19,7 +19,8 @@ from benchmark import hookimpl
 from benchmark.api import Backbone, BenchmarkError, ChannelPruning, CheckpointMismatchError
 from benchmark.presets import Preset
 
-_SHOWN_KEYS = 3  # keys named per kind of mismatch in an error message
+_SHOWN_KEYS = 3
+SPARSE_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")  # per block, N:M-masked (SparseDM's U-ViT)  # keys named per kind of mismatch in an error message
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
 
 class UViTBackbone(Backbone):
     name = "uvit"
-    version = "1"
+    version = "2"
     description = "U-ViT with official module names (cifar10: U-ViT-S/2, 44.3M params; tiny: 0.38M)"
     time_enters_every_block = False  # the time step is a token, concatenated before in_blocks.0
 
@@ -236,6 +237,15 @@ class UViTBackbone(Backbone):
 
     def kept_dense(self, model: nn.Module) -> list[str]:
         return ["patch_embed.proj", "decoder_pred", "final_layer"]
+
+    def prunable_layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The transformer blocks' ``attn.qkv``, ``attn.proj``, ``mlp.fc1`` and ``mlp.fc2``, as SparseDM's official
+        U-ViT code masks them (52 layers on U-ViT-S/2); ``skip_linear``, the embeddings and the decoder stay dense."""
+        return {
+            f"{name}.{layer}": block.get_submodule(layer)
+            for name, block in self.blocks(model)
+            for layer in SPARSE_LAYERS
+        }
 
     def channel_pruning(self, model: nn.Module) -> ChannelPruning:
         """Heads keep their number and lose dims equally; the stem (tied to ``pos_embed`` and the time

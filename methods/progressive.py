@@ -1,8 +1,10 @@
 """Progressive sparse training: one model, dynamic STE masks, the ratio raised in stages.
 
 For a target n:m the ladder runs (2m-1):(2m), (2m-2):(2m), ..., (2n):(2m) and ends at n:m
-(7:8, 6:8, 5:8, 4:8, 2:4 for 2:4), as in SparseDM's progressive baseline. The optimizer and
-the model persist across stages; only the pattern switches.
+(7:8, 6:8, 5:8, 4:8, 2:4 for 2:4), as in SparseDM's progressive baseline (``train_c10_multi_step7.py``,
+stages at 1/5 ... 4/5 of the budget). The optimizer and the model persist across stages; only the
+pattern switches. This is that script's evident intent: as written, its training step keeps the
+stage-0 network and optimizer, so the switch never reaches the network being trained.
 """
 from benchmark import hookimpl
 from benchmark.api import Method, MethodContext, NMPattern, Pruned

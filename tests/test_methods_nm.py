@@ -14,7 +14,7 @@ from methods import asp, progressive, sparsedm, ste
 from methods.asp import ASP
 from methods.dense_ft import DenseFineTuned
 from methods.progressive import Progressive, ladder, stage_boundaries
-from methods.sparsedm import SparseDM, teacher_term
+from methods.sparsedm import SparseDM, SparseDMChained, chain_patterns, teacher_term
 from methods.ste import STE
 
 BUDGET = 10
@@ -86,11 +86,11 @@ def dense():
     return TinyEps().eval()
 
 
-def test_plugins_register_the_four_methods():
+def test_plugins_register_the_nm_methods():
     registered = []
     for module in (asp, ste, progressive, sparsedm):
         module.register_methods(registered.append)
-    assert [m.name for m in registered] == ["asp", "ste", "progressive", "sparsedm"]
+    assert [m.name for m in registered] == ["asp", "ste", "progressive", "sparsedm", "sparsedm-chained"]
 
 
 def test_ladder_for_2_4_and_other_patterns():
@@ -134,7 +134,8 @@ def record_training_inputs(model: TinyEps) -> list[tuple[float, list[int]]]:
     return seen
 
 
-@pytest.mark.parametrize("method", [ASP(), STE(), Progressive(), SparseDM()], ids=lambda m: m.name)
+@pytest.mark.parametrize("method", [ASP(), STE(), Progressive(), SparseDM(), SparseDMChained()],
+                         ids=lambda m: m.name)
 def test_method_yields_valid_2_4_model_within_budget(method, dense):
     ctx = make_context(teacher=dense)
     model = copy.deepcopy(dense).train()
@@ -172,11 +173,10 @@ def test_dense_ft_trains_the_same_budget_without_a_mask(dense):
     assert (pruned.model.wide.weight != 0).all()
 
 
-@pytest.mark.parametrize("method", [Progressive(), SparseDM()], ids=lambda m: m.name)
-def test_ladder_methods_raise_sparsity_in_stages(method, dense):
+def test_progressive_raises_sparsity_in_stages(dense):
     model = copy.deepcopy(dense).train()
     seen = record_training_inputs(model)
-    pruned = method.apply(make_context(teacher=dense), Pruned(model))
+    pruned = Progressive().apply(make_context(teacher=dense), Pruned(model))
     assert [zeros for zeros, _ in seen] == [1 / 8] * 2 + [2 / 8] * 2 + [3 / 8] * 2 + [4 / 8] * 4
     stages = pruned.info["stages"]
     assert [(s["pattern"], s["start"], s["end"]) for s in stages] == [
@@ -184,6 +184,53 @@ def test_ladder_methods_raise_sparsity_in_stages(method, dense):
     ]
     assert stages[0]["dense_layers"] == {"narrow": "input dim 4 not divisible by M=8"}
     assert stages[-1]["dense_layers"] == {}
+
+
+def test_sparsedm_is_one_2_4_stage_from_dense_taught_by_the_dense_model(dense):
+    model = copy.deepcopy(dense).train()
+    seen = record_training_inputs(model)
+    teachers = []
+    ctx = make_context(teacher=dense)
+    ctx.teacher.register_forward_pre_hook(lambda module, args: teachers.append(module))
+    pruned = SparseDM().apply(ctx, Pruned(model))
+    assert [zeros for zeros, _ in seen] == [2 / 4] * BUDGET  # 2:4 from the first step (the official recipe)
+    assert pruned.info["stages"] == [
+        {"pattern": "2:4", "start": 0, "end": BUDGET, "teacher": "dense", "final_loss": pytest.approx(
+            pruned.info["stages"][0]["final_loss"])}
+    ]
+    assert len(teachers) == BUDGET and all(t is ctx.teacher for t in teachers)
+
+
+def test_sparsedm_loss_is_noise_mse_plus_0_1_teacher_mse(dense):
+    """One step of SparseDM equals one step of STE whose loss adds 0.1 x the teacher MSE."""
+    from benchmark.sparsity import attach
+    from benchmark.training import train
+
+    ctx = dataclasses.replace(make_context(teacher=dense), train_steps=1)
+    mine = SparseDM().apply(ctx, Pruned(copy.deepcopy(dense).train())).model
+    reference = copy.deepcopy(dense).train()
+    attach(reference, TinyBackbone().prunable_layers(reference), P24, mode="ste", decay=ctx.options.srste_decay)
+    train(reference, ctx, 1, extra_loss=teacher_term(dense, 0.1))
+    from benchmark.sparsity import finalize
+
+    finalize(reference)
+    for a, b in zip(mine.parameters(), reference.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_sparsedm_chained_runs_7_8_3_4_2_4_each_taught_by_the_run_before(dense):
+    assert [str(p) for p in chain_patterns(P24)] == ["7:8", "3:4", "2:4"]
+    assert [str(p) for p in chain_patterns(NMPattern(1, 8))] == ["7:8", "3:4", "2:4", "1:4", "1:8"]
+    model = copy.deepcopy(dense).train()
+    seen = record_training_inputs(model)
+    pruned = SparseDMChained().apply(make_context(teacher=dense), Pruned(model))
+    assert [zeros for zeros, _ in seen] == [1 / 8] * 3 + [1 / 4] * 3 + [2 / 4] * 4
+    runs = pruned.info["stages"]
+    assert [(r["pattern"], r["start"], r["end"], r["teacher"]) for r in runs] == [
+        ("7:8", 0, 3, "dense"), ("3:4", 3, 6, "run 7:8"), ("2:4", 6, 10, "run 3:4")
+    ]
+    assert pruned.info["budget_split"] == [3, 3, 4]
+    assert [t for _, t in seen] == expected_timesteps(make_context(teacher=dense))  # one stream across runs
 
 
 def test_asp_keeps_the_one_shot_mask_of_the_dense_weights(dense):

@@ -14,7 +14,8 @@ from benchmark.registry import DuplicateNameError, UnknownNameError
 
 BUILTIN_BACKBONES = {"uvit", "ddpm", "dit"}
 BUILTIN_METHODS = {
-    "dense", "dense-ft", "asp", "ste", "progressive", "sparsedm", "dipgo", "uniform-skip", "diff-pruning", "l1-channel",
+    "dense", "dense-ft", "asp", "ste", "progressive", "sparsedm", "sparsedm-chained", "dipgo", "uniform-skip",
+    "diff-pruning", "l1-channel",
 }
 EXAMPLE_PACKAGE = Path(__file__).parent / "fixtures" / "example_plugin"
 
