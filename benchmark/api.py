@@ -17,7 +17,7 @@ from benchmark.errors import BenchmarkError, CheckpointMismatchError, PluginCont
 
 __all__ = [  # the errors are part of the plugin contract: plugins import them from here
     "Backbone", "BenchmarkError", "ChannelPruning", "CheckpointMismatchError", "KNOBS", "Method", "MethodContext",
-    "NMPattern", "PluginContractError", "Pruned", "RunOptions",
+    "NMPattern", "PluginContractError", "Pruned", "RunOptions", "StructuralTarget",
 ]
 
 if TYPE_CHECKING:
@@ -51,6 +51,47 @@ class NMPattern:
         return f"{self.n}:{self.m}"
 
 
+@dataclass(frozen=True)
+class StructuralTarget:
+    """Where structural pruning stops.
+
+    By default (written ``0.5``) channel groups are ranked across the whole network and removed until the
+    measured MACs ratio is ``value``. With ``per_layer`` (written ``layer=0.3``) every layer loses the share
+    ``value`` of its channels, the papers' setting (Diff-Pruning's ``ch_sparsity=0.3`` on CIFAR-10).
+    """
+
+    value: float
+    per_layer: bool = False
+
+    PREFIX: ClassVar[str] = "layer="
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.value < 1 if self.per_layer else 0 < self.value <= 1):
+            allowed = "a channel ratio in [0, 1)" if self.per_layer else "a MACs ratio in (0, 1]"
+            raise BenchmarkError(f"structural target {self} is out of range: need {allowed}")
+
+    @classmethod
+    def parse(cls, text: str) -> "StructuralTarget":
+        text = str(text).strip()
+        per_layer = text.startswith(cls.PREFIX)
+        number = text.removeprefix(cls.PREFIX)
+        try:
+            value = float(number)
+        except ValueError:
+            raise BenchmarkError(
+                f"malformed structural target {text!r}: write a MACs ratio such as 0.5 or a per-layer channel "
+                f"ratio such as {cls.PREFIX}0.3"
+            ) from None
+        return cls(value, per_layer)
+
+    def __str__(self) -> str:
+        return f"{self.PREFIX}{self.value}" if self.per_layer else str(self.value)
+
+    def to_json(self) -> float | str:
+        """A MACs target as the bare number (as cells always recorded it), a per-layer ratio as ``layer=...``."""
+        return str(self) if self.per_layer else self.value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -64,7 +105,7 @@ def _fraction(text: str) -> float:
 KNOBS: dict[str, Callable[[str], Any]] = {
     "pattern": NMPattern.parse,
     "dipgo_target": _fraction,
-    "structural_target": _fraction,
+    "structural_target": StructuralTarget.parse,
 }
 """The :class:`RunOptions` fields a method may name as its operating-point knob, with their parsers."""
 
@@ -77,11 +118,15 @@ class RunOptions:
     srste_decay: float = 2e-4
     sparsedm_weight: float = 0.1
     dipgo_target: float = 0.5
-    structural_target: float = 0.5  # MACs ratio structural methods prune to
+    structural_target: StructuralTarget = field(default_factory=lambda: StructuralTarget(0.5))
     diffpruning_threshold: float = 0.05  # Diff-Pruning stops adding timesteps below this share of the max loss
     fid_samples: int | None = None  # None: the preset's default
     train_steps: int | None = None  # None: the preset's default
     checkpoints: dict[str, str] = field(default_factory=dict)  # backbone name -> dense checkpoint path
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.structural_target, StructuralTarget):  # a bare number is a MACs target
+            self.structural_target = StructuralTarget(float(self.structural_target))
 
     def with_knob(self, knob: str, text: str) -> tuple["RunOptions", str]:
         """These options with ``knob`` set from ``text``, and the value's canonical spelling (``0.3``, ``2:4``)."""
@@ -94,7 +139,7 @@ class RunOptions:
             "srste_decay": self.srste_decay,
             "sparsedm_weight": self.sparsedm_weight,
             "dipgo_target": self.dipgo_target,
-            "structural_target": self.structural_target,
+            "structural_target": self.structural_target.to_json(),
             "diffpruning_threshold": self.diffpruning_threshold,
             "fid_samples": self.fid_samples,
             "train_steps": self.train_steps,

@@ -1,4 +1,4 @@
-"""The command line: ``python -m benchmark {list,run,leaderboard,train-dense,latency}``.
+"""The command line: ``python -m benchmark {list,run,leaderboard,train-dense,prune,latency}``.
 
 Mistakes in the input (unknown names, malformed values, unwritable paths, missing CUDA) end with one
 ``error: ...`` line on stderr and exit code 2; a run in which some cell failed exits with 1.
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from benchmark.api import BenchmarkError, NMPattern, RunOptions
+from benchmark.api import BenchmarkError, NMPattern, RunOptions, StructuralTarget
 from benchmark.presets import PRESETS, get_preset
 
 USER_ERROR = 2
@@ -27,6 +27,7 @@ examples:
   python -m benchmark run --methods dipgo@0.3,dipgo@0.7,diff-pruning@0.3,diff-pruning+dipgo --backbones ddpm
   python -m benchmark leaderboard runs/tiny --format csv
   python -m benchmark train-dense --backbone ddpm --preset tiny --steps 6000
+  python -m benchmark prune --method diff-pruning@layer=0.3 --backbone ddpm --preset cifar10 --batch-size 1
   python -m benchmark latency --backbone uvit --preset cifar10 --device cuda --batch-sizes 1,16,64,128
 """
 
@@ -64,6 +65,13 @@ def fraction(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
     return value
+
+
+def structural_target(text: str) -> StructuralTarget:
+    try:
+        return StructuralTarget.parse(text)
+    except BenchmarkError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def seed_list(text: str) -> list[int]:
@@ -115,18 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seeds", type=seed_list, metavar="LIST",
                        help="comma list of seeds, each its own cell; the leaderboard aggregates them (e.g. 0,1,2)")
     run.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
-    run.add_argument("--pattern", default="2:4", metavar="N:M", help="N:M sparsity pattern (default: 2:4)")
-    run.add_argument("--srste-decay", type=non_negative_float, default=RunOptions.srste_decay, metavar="X",
-                     help=f"SR-STE decay on pruned weights (default: {RunOptions.srste_decay})")
-    run.add_argument("--sparsedm-weight", type=non_negative_float, default=RunOptions.sparsedm_weight, metavar="X",
-                     help=f"weight of SparseDM's teacher loss (default: {RunOptions.sparsedm_weight})")
-    run.add_argument("--dipgo-target", type=fraction, default=RunOptions.dipgo_target, metavar="X",
-                     help=f"trajectory MACs ratio block skipping aims for (default: {RunOptions.dipgo_target})")
-    run.add_argument("--structural-target", type=fraction, default=RunOptions.structural_target, metavar="X",
-                     help=f"MACs ratio structural pruning aims for (default: {RunOptions.structural_target})")
-    run.add_argument("--diffpruning-threshold", type=fraction, default=RunOptions.diffpruning_threshold,
-                     metavar="X", help="Diff-Pruning stops adding timesteps once the loss is below this share of "
-                                       f"its maximum (default: {RunOptions.diffpruning_threshold})")
+    add_method_options(run)
     run.add_argument("--fid-samples", type=positive_int, metavar="N", help="images per FID (default: the preset's)")
     run.add_argument("--train-steps", type=positive_int, metavar="N",
                      help="training steps per method (default: the preset's)")
@@ -160,6 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     dense.add_argument("--quiet", action="store_true", help="no progress bar")
     dense.set_defaults(handler=train_dense_command)
 
+    prune = command("prune", "apply one method or chain to one backbone's dense model without fine-tuning and show "
+                             "what it changed (params, MACs, per layer or per step); save the pruned model")
+    prune.add_argument("--method", required=True, metavar="SPEC",
+                       help="a method, name@value operating point or a+b chain, e.g. diff-pruning@layer=0.3")
+    prune.add_argument("--backbone", required=True)
+    prune.add_argument("--preset", default="tiny", choices=list(PRESETS), help="default: tiny")
+    prune.add_argument("--checkpoint", metavar="PATH",
+                       help="dense weights (default: the reference `run` uses; random weights where the preset has none)")
+    prune.add_argument("--seed", type=seed_int, default=0, metavar="N", help="default: 0")
+    prune.add_argument("--batch-size", type=positive_int, metavar="N",
+                       help="images per batch of a method's own search (default: the preset's)")
+    prune.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
+    prune.add_argument("--out", type=Path, metavar="FILE",
+                       help="where the pruned model goes (default: runs/prune/BACKBONE-PRESET-METHOD.pt)")
+    prune.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    prune.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_method_options(prune)
+    prune.set_defaults(handler=prune_command)
+
     latency = command("latency", "time a backbone dense and 2:4-sparse at several batch sizes")
     latency.add_argument("--backbone", required=True)
     latency.add_argument("--preset", default="tiny", choices=list(PRESETS), help="default: tiny")
@@ -173,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     latency.set_defaults(handler=latency_command)
     return parser
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """The options methods read (shared by ``run`` and ``prune``)."""
+    parser.add_argument("--pattern", default="2:4", metavar="N:M", help="N:M sparsity pattern (default: 2:4)")
+    parser.add_argument("--srste-decay", type=non_negative_float, default=RunOptions.srste_decay, metavar="X",
+                        help=f"SR-STE decay on pruned weights (default: {RunOptions.srste_decay})")
+    parser.add_argument("--sparsedm-weight", type=non_negative_float, default=RunOptions.sparsedm_weight, metavar="X",
+                        help=f"weight of SparseDM's teacher loss (default: {RunOptions.sparsedm_weight})")
+    parser.add_argument("--dipgo-target", type=fraction, default=RunOptions.dipgo_target, metavar="X",
+                        help=f"trajectory MACs ratio block skipping aims for (default: {RunOptions.dipgo_target})")
+    parser.add_argument("--structural-target", type=structural_target, default=RunOptions().structural_target,
+                        metavar="X", help="MACs ratio structural pruning aims for, or layer=R to remove the share R "
+                                          f"of every layer's channels (default: {RunOptions().structural_target})")
+    parser.add_argument("--diffpruning-threshold", type=fraction, default=RunOptions.diffpruning_threshold,
+                        metavar="X", help="Diff-Pruning stops adding timesteps once the loss is below this share "
+                                          f"of its maximum (default: {RunOptions.diffpruning_threshold})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,13 +253,8 @@ def run_command(args: argparse.Namespace) -> int:
         Diffusion.for_preset(preset)  # a BenchmarkError naming the allowed range, before any cell runs
     methods = expand_methods(registries.methods, args.methods)
     backbones = registries.backbones.select(args.backbones)
-    options = RunOptions(
-        pattern=NMPattern.parse(args.pattern),
-        srste_decay=args.srste_decay,
-        sparsedm_weight=args.sparsedm_weight,
-        dipgo_target=args.dipgo_target,
-        structural_target=args.structural_target,
-        diffpruning_threshold=args.diffpruning_threshold,
+    options = dataclasses.replace(
+        method_options(args),
         fid_samples=args.fid_samples,
         train_steps=args.train_steps,
         checkpoints=parse_checkpoints(args.checkpoint, registries.backbones.names()),
@@ -245,6 +273,17 @@ def run_command(args: argparse.Namespace) -> int:
     for backbone, method, seed in summary.failed:
         print(f"failed: {backbone}/{method} seed {seed} (error and traceback in its cell file)", file=sys.stderr)
     return CELL_FAILED if summary.failed else 0
+
+
+def method_options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        pattern=NMPattern.parse(args.pattern),
+        srste_decay=args.srste_decay,
+        sparsedm_weight=args.sparsedm_weight,
+        dipgo_target=args.dipgo_target,
+        structural_target=args.structural_target,
+        diffpruning_threshold=args.diffpruning_threshold,
+    )
 
 
 def run_seeds(args: argparse.Namespace) -> list[int]:
@@ -300,6 +339,18 @@ def train_dense_command(args: argparse.Namespace) -> int:
     )
     print(path)
     return 0
+
+
+def prune_command(args: argparse.Namespace) -> int:
+    from benchmark.plugins import build_registries
+    from benchmark.prune_command import prune
+
+    registries = build_registries()
+    preset = get_preset(args.preset)
+    if args.batch_size:
+        preset = dataclasses.replace(preset, batch_size=args.batch_size)
+    return prune(registries, args.method, args.backbone, preset, method_options(args), args.checkpoint, args.seed,
+                 args.device, args.out, as_json=args.json, progress=not args.quiet)
 
 
 def latency_command(args: argparse.Namespace) -> int:

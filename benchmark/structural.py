@@ -28,7 +28,7 @@ from benchmark.presets import Preset
 from benchmark.training import train
 
 RATIOS = [round(0.02 * i, 2) for i in range(1, 46)]  # global channel ratios tried (0.02 to 0.90)
-MAX_LAYER_RATIO = 0.9  # no layer loses more than this share of its channels
+MAX_LAYER_RATIO = 0.9  # under global ranking no layer loses more than this share of its channels
 
 
 def diffusion_gradients(model: nn.Module, diffusion: Diffusion, x0: torch.Tensor, noise: torch.Tensor,
@@ -53,7 +53,8 @@ def diffusion_gradients(model: nn.Module, diffusion: Diffusion, x0: torch.Tensor
 
 
 def _pruner(model: nn.Module, backbone: Backbone, inputs: Sequence[torch.Tensor], importance: Any,
-            ratio: float) -> tp.pruner.BasePruner:
+            ratio: float, per_layer: bool = False,
+            layer_ratios: dict[nn.Module, float] | None = None) -> tp.pruner.BasePruner:
     spec = backbone.channel_pruning(model)
     modules = dict(model.named_modules())
     return tp.pruner.BasePruner(
@@ -61,12 +62,35 @@ def _pruner(model: nn.Module, backbone: Backbone, inputs: Sequence[torch.Tensor]
         tuple(inputs),
         importance=importance,
         pruning_ratio=ratio,
-        global_pruning=True,
+        pruning_ratio_dict=layer_ratios,
+        global_pruning=not per_layer,
         max_pruning_ratio=MAX_LAYER_RATIO,
         ignored_layers=[modules[name] for name in spec.kept],
         num_heads={modules[name]: heads for name, heads in spec.heads.items()},
         unwrapped_parameters=_unwrapped(model, spec),
     )
+
+
+def paper_group_ratios(pruner: tp.pruner.BasePruner, ratio: float) -> dict[nn.Module, float]:
+    """Per-group ratios that make the installed torch-pruning remove, at per-layer ``ratio``, the channels that
+    torch-pruning <= 1.2.5 (Diff-Pruning's release) removed.
+
+    Both remove ``C - int(C * (1 - ratio))`` of a layer's ``C`` channels where nothing groups them. Where
+    GroupNorm (or heads) split them into ``g`` groups that must lose the same offsets, 1.2.x took that count
+    floored over the groups (1 of every 4 channels at 0.3 with GroupNorm(32) on 128 channels); torch-pruning
+    1.6 applies the ratio to one group's ``C / g`` channels and removes 2 of 4. A group's ratio
+    ``(k - 0.5) / (C / g)`` makes 1.6 remove exactly ``k`` per group. Keys are the groups' root layers.
+    """
+    ratios = {}
+    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types):
+        groups = pruner._get_channel_groups(group)  # torch-pruning's own grouping (GroupNorm, heads)
+        if groups > 1:
+            root = group[0].dep.target.module
+            channels = pruner.DG.get_out_channels(root)
+            removed = (channels - int(channels * (1 - ratio))) // groups
+            ratios[root] = (removed - 0.5) / (channels // groups) if removed else 0.0
+    return ratios
 
 
 def _unwrapped(model: nn.Module, spec: ChannelPruning) -> list[tuple[nn.Parameter, int]]:
@@ -75,18 +99,49 @@ def _unwrapped(model: nn.Module, spec: ChannelPruning) -> list[tuple[nn.Paramete
 
 
 def prune_channels(model: nn.Module, backbone: Backbone, inputs: Sequence[torch.Tensor], importance: Any,
-                   ratio: float) -> tuple[nn.Module, list]:
+                   ratio: float, per_layer: bool = False) -> tuple[nn.Module, list]:
     """A copy of ``model`` (gradients included, for Taylor importance) with ``ratio`` of its channels
-    removed, and torch-pruning's history of what was removed."""
+    removed, by global ranking or (``per_layer``) from every layer as Diff-Pruning's release did, and
+    torch-pruning's history of what was removed."""
     pruned = copy.deepcopy(model)
     for source, target in zip(model.parameters(), pruned.parameters()):
         target.grad = None if source.grad is None else source.grad.clone()
-    pruner = _pruner(pruned, backbone, inputs, importance, ratio)
+    pruner = _pruner(pruned, backbone, inputs, importance, ratio, per_layer)
+    if per_layer:
+        pruner = _pruner(pruned, backbone, inputs, importance, ratio, per_layer, paper_group_ratios(pruner, ratio))
     pruner.step()
     backbone.after_channel_pruning(pruned)
     for parameter in pruned.parameters():
         parameter.grad = None
     return pruned, pruner.pruning_history()
+
+
+def kept_fractions(dense: nn.Module, pruned: nn.Module) -> dict[str, float]:
+    """Output channels each Linear/Conv2d of ``pruned`` kept, as a fraction of the same layer in ``dense``."""
+    widths = {name: _out_width(module) for name, module in dense.named_modules() if _out_width(module)}
+    return {
+        name: round(_out_width(module) / widths[name], 4)
+        for name, module in pruned.named_modules()
+        if name in widths and _out_width(module)
+    }
+
+
+def _out_width(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    return 0
+
+
+def prune_per_layer(model: nn.Module, backbone: Backbone, inputs: Sequence[torch.Tensor], importance: Any,
+                    ratio: float) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` with the share ``ratio`` of every layer's channels removed (the paper's setting)."""
+    dense_macs = count_macs(model, inputs).total
+    pruned, history = prune_channels(model, backbone, inputs, importance, ratio, per_layer=True)
+    pruned.pruning_history = history
+    return pruned, {"channel_ratio": ratio, "ranking": "per-layer",
+                    "macs_ratio": count_macs(pruned, inputs).total / dense_macs}
 
 
 def prune_to_macs(model: nn.Module, backbone: Backbone, inputs: Sequence[torch.Tensor], importance: Any,
@@ -106,17 +161,24 @@ def prune_to_macs(model: nn.Module, backbone: Backbone, inputs: Sequence[torch.T
             best = (abs(macs_ratio - target), ratio, macs_ratio, pruned, history)
     _, ratio, macs_ratio, pruned, history = best
     pruned.pruning_history = history  # what save_pruned writes
-    return pruned, {"target": target, "channel_ratio": ratio, "macs_ratio": macs_ratio}
+    return pruned, {"target": target, "channel_ratio": ratio, "ranking": "global", "macs_ratio": macs_ratio}
 
 
 def channel_pruned(ctx: MethodContext, state: Pruned, importance: Any, name: str,
                    info: dict[str, Any] | None = None) -> Pruned:
-    """What a structural method returns: ``state.model`` pruned to ``ctx.options.structural_target`` of its
-    MACs by ``importance`` (gradients already in place for Taylor), then fine-tuned with the shared budget."""
+    """What a structural method returns: ``state.model`` pruned by ``importance`` (gradients already in place for
+    Taylor) to ``ctx.options.structural_target`` (a MACs ratio, or a per-layer channel ratio), then fine-tuned
+    with the shared budget."""
     if state.masks or state.schedule is not None:
         raise BenchmarkError("structural pruning must come first in a chain (before N:M masks or skip schedules)")
     inputs = tuple(x.to(ctx.device) for x in ctx.backbone.example_inputs(ctx.preset))
-    pruned, found = prune_to_macs(state.model, ctx.backbone, inputs, importance, ctx.options.structural_target)
+    target = ctx.options.structural_target
+    if target.per_layer:
+        pruned, found = prune_per_layer(state.model, ctx.backbone, inputs, importance, target.value)
+        found["target"] = target.to_json()
+    else:
+        pruned, found = prune_to_macs(state.model, ctx.backbone, inputs, importance, target.value)
+    found["kept_fraction"] = kept_fractions(state.model, pruned)
     pruned.requires_grad_(True)
     losses = train(pruned, ctx, ctx.train_steps, desc=name)
     kept = ctx.backbone.channel_pruning(state.model).kept
@@ -124,7 +186,7 @@ def channel_pruned(ctx: MethodContext, state: Pruned, importance: Any, name: str
         state,
         model=pruned,
         train_steps=state.train_steps + ctx.train_steps,
-        info={**found, **(info or {}), "kept_layers": kept, "final_loss": losses[-1]},
+        info={**found, **(info or {}), "kept_layers": kept, "final_loss": losses[-1] if losses else None},
     )
 
 
@@ -135,12 +197,13 @@ def architecture_changed(dense: nn.Module, model: nn.Module) -> bool:
     return shapes != mine
 
 
-def save_pruned(model: nn.Module, file: str | Path | BinaryIO) -> None:
-    """Save a model :func:`prune_to_macs` made: its pruning history and its weights, to a path or a file."""
+def save_pruned(model: nn.Module, file: str | Path | BinaryIO, **extra: Any) -> None:
+    """Save a pruned model: its torch-pruning history (empty where no channel was removed), its weights and
+    ``extra`` tensors or strings (N:M masks, a skip schedule), to a path or a file; loads with ``weights_only``."""
     if isinstance(file, (str, Path)):
         Path(file).parent.mkdir(parents=True, exist_ok=True)
-    history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in model.pruning_history]
-    torch.save({"pruning_history": history, "state_dict": model.state_dict()}, file)
+    history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in getattr(model, "pruning_history", [])]
+    torch.save({"pruning_history": history, "state_dict": model.state_dict(), **extra}, file)
 
 
 def load_pruned(backbone: Backbone, preset: Preset, path: str | Path) -> nn.Module:

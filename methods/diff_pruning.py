@@ -26,7 +26,7 @@ class DiffPruning(Method):
         x0 = next(ctx.batches()).to(ctx.device)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(ctx.seed)).to(ctx.device)
         was_training = state.model.training
-        state.model.train()
+        state.model.eval()  # as the release takes its gradients (no dropout here, so train mode would agree)
         losses = diffusion_gradients(state.model, ctx.diffusion, x0, noise, ctx.options.diffpruning_threshold)
         state.model.train(was_training)
         importance = tp.importance.TaylorImportance(multivariable=False)

@@ -35,7 +35,7 @@ from methods.uniform_skip import UniformSkip
 
 UNIT = dataclasses.replace(
     PRESETS["tiny"], name="unit", batch_size=8, train_steps=2, dense_train_steps=2, sample_steps=4,
-    fid_samples=6, sample_batch=6, latency_batch=2,
+    fid_samples=6, sample_batch=6, latency_batch=2, dipgo_pruner_steps=4,
 )  # fmt: skip
 
 
@@ -375,7 +375,7 @@ def test_structural_cells_save_a_smaller_reloadable_model(registries, tmp_path):
     run(registries, tmp_path, ["diff-pruning", "l1-channel@0.3"])
     store = CellStore(tmp_path)
     dense = store.read("tiny-net", "dense", 0)["metrics"]
-    for method, target in (("diff-pruning", RunOptions.structural_target), ("l1-channel@0.3", 0.3)):
+    for method, target in (("diff-pruning", RunOptions().structural_target.value), ("l1-channel@0.3", 0.3)):
         cell = store.read("tiny-net", method, 0)
         metrics, info = cell["metrics"], cell["info"][method]
         assert cell["status"] == "ok" and info["target"] == target and info["kept_layers"] == ["head"]
@@ -401,7 +401,7 @@ def test_each_operating_point_is_its_own_cell(registries, tmp_path):
     assert low["config"]["method_versions"] == {"l1-channel": "1"}
     assert low["info"]["l1-channel@0.3"]["target"] == 0.3 and high["info"]["l1-channel@0.7"]["target"] == 0.7
     assert low["metrics"]["macs_g"] < high["metrics"]["macs_g"]
-    assert low["config"]["options"]["structural_target"] == RunOptions.structural_target  # the point is in the name
+    assert low["config"]["options"]["structural_target"] == RunOptions().structural_target.value  # the point is in the name
 
 
 @pytest.mark.parametrize(
