@@ -122,8 +122,10 @@ def train(
     the forward pass and ``after_step(step, loss)`` after the optimizer step (``step`` counts the stream's
     steps from 0). Returns the total loss of every step. The model's train/eval mode is restored.
     """
-    if steps <= 0:
-        raise BenchmarkError(f"training needs a positive number of steps, got {steps}")
+    if steps < 0:
+        raise BenchmarkError(f"training needs a non-negative number of steps, got {steps}")
+    if steps == 0:  # no budget (``benchmark prune``): the model is handed on as it is
+        return []
     stream = stream or TrainingStream.start(ctx)
     optimisation = optimisation or Optimisation(model, ctx.preset.finetune, ctx.train_steps, stream.step)
     losses: list[float] = []

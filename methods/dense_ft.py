@@ -18,7 +18,7 @@ class DenseFineTuned(Method):
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
         losses = train(state.model, ctx, ctx.train_steps, desc=self.name)
         return dataclasses.replace(
-            state, train_steps=state.train_steps + ctx.train_steps, info={"final_loss": losses[-1]}
+            state, train_steps=state.train_steps + ctx.train_steps, info={"final_loss": losses[-1] if losses else None}
         )
 
 

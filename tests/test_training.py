@@ -112,10 +112,13 @@ def test_non_finite_loss_raises_before_the_update():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_non_positive_steps_are_rejected():
+def test_negative_steps_are_rejected_and_zero_steps_train_nothing():
     model = TwoConv()
-    with pytest.raises(BenchmarkError, match="positive"):
-        train(model, make_ctx(model), 0)
+    with pytest.raises(BenchmarkError, match="non-negative"):
+        train(model, make_ctx(model), -1)
+    before = [p.clone() for p in model.parameters()]
+    assert train(model, make_ctx(model), 0) == []  # `benchmark prune`: no fine-tuning budget
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 @pytest.fixture

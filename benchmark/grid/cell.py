@@ -2,7 +2,6 @@
 made, and writes nothing itself, so any executor can run it and the store decides where results go."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import io
 import platform
@@ -17,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.api import Backbone, MethodContext, PluginContractError, Pruned, RunOptions
-from benchmark.grid.plan import FID_RESAMPLES, CellSpec, part_options, split_operating_point
+from benchmark.api import Backbone, Pruned, RunOptions
+from benchmark.grid.plan import FID_RESAMPLES, CellSpec
 from benchmark.grid.store import REFERENCE_METHOD, SCHEMA_VERSION, cell_stem, environment_versions, now_iso
 
 if TYPE_CHECKING:
@@ -148,31 +147,15 @@ def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, 
 def _prune(
     spec: CellSpec, shared: Shared, backbone: Backbone, dense: nn.Module, diffusion: Diffusion, info: dict[str, Any]
 ) -> Pruned:
-    from benchmark.data import batch_stream, load_dataset
+    from benchmark.data import load_dataset
+    from benchmark.pruning import apply_chain, method_context
 
     _seed_everything(spec.seed)
-    images = load_dataset(shared.preset.dataset)
-    ctx = MethodContext(
-        backbone=backbone,
-        preset=shared.preset,
-        options=shared.options,
-        diffusion=diffusion,
-        teacher=copy.deepcopy(dense).eval().requires_grad_(False),
-        batches=lambda: batch_stream(images, shared.preset.batch_size, spec.seed),
-        train_steps=shared.options.train_steps or shared.preset.train_steps,
-        seed=spec.seed,
-        device=shared.device,
-        progress=shared.progress,
+    ctx = method_context(
+        backbone, shared.preset, shared.options, dense, load_dataset(shared.preset.dataset), spec.seed, shared.device,
+        shared.options.train_steps or shared.preset.train_steps, shared.progress,
     )
-    state = Pruned(model=copy.deepcopy(dense).requires_grad_(True))
-    methods = shared.registries.methods
-    for part in spec.chain:
-        method = methods.get(split_operating_point(part)[0])
-        state = method.apply(dataclasses.replace(ctx, options=part_options(methods, part, shared.options)), state)
-        if not isinstance(state, Pruned):
-            raise PluginContractError(f"method {part!r} returned {type(state).__name__}, not a Pruned")
-        info[part] = state.info
-    return state
+    return apply_chain(shared.registries, spec.chain, dataclasses.replace(ctx, diffusion=diffusion), dense, info)[0]
 
 
 def _keep_architecture(dense: nn.Module, model: nn.Module, relative: str, result: CellResult) -> None:
