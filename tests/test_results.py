@@ -229,3 +229,19 @@ class TestLeaderboard:
         with pytest.raises(BenchmarkError, match="no result cells"):
             write_leaderboard(tmp_path)
         assert not os.listdir(tmp_path)
+
+
+def test_seeds_of_an_older_method_version_are_left_out_and_named(store):
+    def versioned(seed: int, version: str, fid: float, finished: str) -> dict:
+        config = {**CONFIG, "seed": seed, "method_versions": {"sparsedm": version}}
+        return {**make_cell("uvit", "sparsedm", fid=fid, seed=seed), "config": config,
+                "config_hash": config_hash(config), "finished": finished}
+
+    store.write(make_cell("uvit", "dense"))
+    store.write(versioned(0, "2", 30.0, "2026-12-02T18:00:00"))
+    store.write(versioned(1, "1", 60.0, "2026-12-02T09:00:00"))  # before the method changed
+    df = load_cells(store.out_dir)
+    row = df[df["method"] == "sparsedm"].iloc[0]
+    assert row["seeds"] == 1 and row["fid"] == 30.0
+    assert "Left out: 1 cell(s) computed with an older version" in render(df, "md")
+    assert "uvit/sparsedm seed 1" in render(df, "md")

@@ -37,13 +37,34 @@ _MARKS = {"lower": "▼ lower", "higher": "▲ higher", "tie": "= tie"}
 
 
 def load_cell_rows(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """One row per cell file (per seed), unaggregated."""
+    """One row per current cell file (per seed), unaggregated; ``attrs["superseded"]`` names the cells left out
+    because another cell of their (backbone, method) ran a newer version of its methods."""
     cells = CellStore(out_dir).all_cells()
     if not cells:
         raise BenchmarkError(
             f"no result cells in {Path(out_dir) / 'cells'}; run `python -m benchmark run --out {out_dir}` first"
         )
-    return pd.DataFrame([_row(cell) for cell in cells], columns=CELL_COLUMNS)
+    current, superseded = split_superseded(cells)
+    df = pd.DataFrame([_row(cell) for cell in current], columns=CELL_COLUMNS)
+    df.attrs["superseded"] = [f"{c['backbone']}/{c['method']} seed {c.get('seed')}" for c in superseded]
+    return df
+
+
+def split_superseded(cells: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Cells whose (backbone, method) ran the method versions of its latest cell, and the others.
+
+    Seeds computed before a method changed (a new ``version``) must not be averaged with seeds after it.
+    """
+    def versions(cell: dict[str, Any]) -> str:
+        return json.dumps((cell.get("config") or {}).get("method_versions"), sort_keys=True)
+
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for cell in cells:
+        key = (cell["backbone"], cell["method"])
+        if key not in latest or str(cell.get("finished", "")) > str(latest[key].get("finished", "")):
+            latest[key] = cell
+    current = [c for c in cells if versions(c) == versions(latest[c["backbone"], c["method"]])]
+    return current, [c for c in cells if versions(c) != versions(latest[c["backbone"], c["method"]])]
 
 
 def load_cells(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -65,7 +86,9 @@ def load_cells(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
         _not_reference=df["method"] != REFERENCE_METHOD,
         _failed=df["status"] != "ok",
     ).sort_values(["backbone", "_not_reference", "_failed", "method"], kind="stable")
-    return df.loc[order.index].reset_index(drop=True)
+    result = df.loc[order.index].reset_index(drop=True)
+    result.attrs["superseded"] = cells.attrs["superseded"]
+    return result
 
 
 def reference_of(method: str, train_steps: Any) -> str:
@@ -200,7 +223,15 @@ def _markdown(df: pd.DataFrame) -> str:
         "reference row (`dense-ft` for methods that train weights, else `dense`) by Welch's t-test at "
         "p < 0.05, a difference inside the noise being a tie (results/README.md).\n\n"
         f"{body}\n"
+        + _superseded_note(df.attrs.get("superseded", []))
     )
+
+
+def _superseded_note(superseded: list[str]) -> str:
+    if not superseded:
+        return ""
+    return (f"\nLeft out: {len(superseded)} cell(s) computed with an older version of their methods than the "
+            f"latest cell of the same row (rerun them to include them): {', '.join(sorted(superseded))}.\n")
 
 
 def _header(column: str, at: str) -> str:

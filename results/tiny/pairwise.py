@@ -21,7 +21,9 @@ PAIRS = [  # (claim, first, second)
     ("SparseDM transfer beats STE at 2:4", "sparsedm", "ste"),
     ("SparseDM transfer beats ASP at 2:4", "sparsedm", "asp"),
     ("STE beats one-shot ASP at 2:4", "ste", "asp"),
-    ("progressive switching vs staged transfer", "progressive", "sparsedm"),
+    ("progressive switching vs one-stage transfer", "progressive", "sparsedm"),
+    ("chained transfer (7:8 -> 3:4 -> 2:4) beats one-stage transfer", "sparsedm-chained", "sparsedm"),
+    ("chained transfer beats STE at 2:4", "sparsedm-chained", "ste"),
     ("DiP-GO beats uniform skipping at equal MACs", "dipgo", "uniform-skip"),
     ("DiP-GO on top of a 2:4 model", "sparsedm+dipgo", "sparsedm"),
     ("DiP-GO at 0.3 MACs beats uniform skipping at its cheapest point", "dipgo@0.3", "uniform-skip"),
@@ -31,6 +33,10 @@ PAIRS = [  # (claim, first, second)
     ("Taylor (Diff-Pruning) beats L1 at 0.5 MACs", "diff-pruning", "l1-channel"),
     ("Taylor (Diff-Pruning) beats L1 at 0.7 MACs", "diff-pruning@0.7", "l1-channel@0.7"),
     ("DiP-GO on top of Diff-Pruning", "diff-pruning+dipgo", "diff-pruning"),
+    ("Taylor (Diff-Pruning) beats L1 at the paper's per-layer ratio 0.3", "diff-pruning@layer=0.3",
+     "l1-channel@layer=0.3"),
+    ("the paper's per-layer ratio 0.3 vs global ranking to 0.7 of the MACs", "diff-pruning@layer=0.3",
+     "diff-pruning@0.7"),
     ("structural at 0.5 MACs vs 2:4 (ASP) at 0.5 of the masked layers", "diff-pruning", "asp"),
 ]
 SKIP_FAMILIES = ("dipgo", "uniform-skip")
