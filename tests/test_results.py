@@ -245,3 +245,15 @@ def test_seeds_of_an_older_method_version_are_left_out_and_named(store):
     assert row["seeds"] == 1 and row["fid"] == 30.0
     assert "Left out: 1 cell(s) computed with an older version" in render(df, "md")
     assert "uvit/sparsedm seed 1" in render(df, "md")
+
+
+def test_seeds_of_an_older_backbone_version_are_left_out(store):
+    def versioned(seed: int, backbone_version: str, finished: str) -> dict:
+        config = {**CONFIG, "seed": seed, "method_versions": {"asp": "1"}, "backbone_version": backbone_version}
+        return {**make_cell("uvit", "asp", seed=seed), "config": config, "config_hash": config_hash(config),
+                "finished": finished}
+
+    store.write(make_cell("uvit", "dense"))
+    store.write(versioned(0, "2", "2026-12-02T18:00:00"))
+    store.write(versioned(1, "1", "2026-12-02T09:00:00"))  # masked another layer set
+    assert load_cells(store.out_dir).set_index("method").loc["asp", "seeds"] == 1

@@ -51,12 +51,14 @@ def load_cell_rows(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def split_superseded(cells: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Cells whose (backbone, method) ran the method versions of its latest cell, and the others.
+    """Cells whose (backbone, method) ran the method and backbone versions of its latest cell, and the others.
 
-    Seeds computed before a method changed (a new ``version``) must not be averaged with seeds after it.
+    Seeds computed before a method or backbone changed (a new ``version``) must not be averaged with seeds
+    after it.
     """
     def versions(cell: dict[str, Any]) -> str:
-        return json.dumps((cell.get("config") or {}).get("method_versions"), sort_keys=True)
+        config = cell.get("config") or {}
+        return json.dumps([config.get("method_versions"), config.get("backbone_version")], sort_keys=True)
 
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for cell in cells:
