@@ -19,8 +19,8 @@ from benchmark import hookimpl
 from benchmark.api import Backbone, BenchmarkError, ChannelPruning, CheckpointMismatchError
 from benchmark.presets import Preset
 
-_SHOWN_KEYS = 3
-SPARSE_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")  # per block, N:M-masked (SparseDM's U-ViT)  # keys named per kind of mismatch in an error message
+_SHOWN_KEYS = 3  # keys named per kind of mismatch in an error message
+SPARSE_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")  # per block, N:M-masked (SparseDM's U-ViT)
 
 
 @dataclass(frozen=True)

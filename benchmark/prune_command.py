@@ -2,6 +2,7 @@
 budget, shown layer by layer (or step by step) and saved."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ def prune(registries: Registries, spec: str, backbone_name: str, preset: Preset,
     (method,) = expand_methods(registries.methods, spec)
     device = resolve_device(device_name)
     if checkpoint is not None:
-        options = RunOptions(**{**vars(options), "checkpoints": {backbone.name: checkpoint}})
+        options = dataclasses.replace(options, checkpoints={backbone.name: checkpoint})
     path = checkpoints.find_dense_checkpoint(backbone, preset, options)
     torch.manual_seed(seed)
     if path is not None:

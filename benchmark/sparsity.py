@@ -224,12 +224,12 @@ def validate_nm(model: nn.Module, pruned: Pruned) -> float:
     return zeros / total
 
 
-def masks_digest(masks: dict[str, torch.Tensor]) -> str:
-    """sha256 over the layer names and mask bits, in name order: equal digests mean equal masks."""
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names and tensor bytes, in name order: equal digests mean equal masks (or weights)."""
     digest = hashlib.sha256()
-    for name in sorted(masks):
+    for name in sorted(tensors):
         digest.update(name.encode())
-        digest.update(masks[name].detach().cpu().contiguous().numpy().tobytes())
+        digest.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -19,7 +19,6 @@ noise where the release draws a new prompt with fixed noise; the pruner trains i
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 from benchmark import hookimpl
 from benchmark.api import Method, MethodContext, Pruned
 from benchmark.skipping import BlockGates, block_costs, cascade, kept_macs_ratio
+from benchmark.sparsity import tensors_digest
 
 QUERY_DIM = 512
 HIDDEN = QUERY_DIM // 4
@@ -212,12 +212,7 @@ of one model share one pruner (the cell records that it was reused)."""
 
 
 def pruner_key(model: nn.Module, ctx: MethodContext, steps: int) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(repr((ctx.seed, steps, ctx.diffusion.sample_steps, str(ctx.device))).encode())
-    return digest.hexdigest()
+    return f"{tensors_digest(model.state_dict())}:{(ctx.seed, steps, ctx.diffusion.sample_steps, str(ctx.device))}"
 
 
 class DiPGO(Method):

@@ -2,7 +2,6 @@
 made, and writes nothing itself, so any executor can run it and the store decides where results go."""
 from __future__ import annotations
 
-import dataclasses
 import io
 import platform
 import random
@@ -121,12 +120,12 @@ def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, 
     stem = cell_stem(spec.backbone, spec.method, spec.seed)
 
     with _timed(timings, "prune"):
-        state = _prune(spec, shared, backbone, dense, diffusion, info)
+        state = _prune(spec, shared, backbone, dense, info)
         if state.masks or state.pattern is not None:
-            from benchmark.sparsity import masks_digest, validate_nm
+            from benchmark.sparsity import tensors_digest, validate_nm
 
             metrics["masked_sparsity"] = validate_nm(state.model, state)
-            record["mask_digest"] = masks_digest(state.masks)
+            record["mask_digest"] = tensors_digest(state.masks)
         metrics["sparsity"] = measure.removed_fraction(dense, state.model)
         metrics["train_steps"] = state.train_steps
         _keep_architecture(dense, state.model, f"models/{stem}.pt", result)
@@ -145,7 +144,7 @@ def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, 
 
 
 def _prune(
-    spec: CellSpec, shared: Shared, backbone: Backbone, dense: nn.Module, diffusion: Diffusion, info: dict[str, Any]
+    spec: CellSpec, shared: Shared, backbone: Backbone, dense: nn.Module, info: dict[str, Any]
 ) -> Pruned:
     from benchmark.data import load_dataset
     from benchmark.pruning import apply_chain, method_context
@@ -155,7 +154,7 @@ def _prune(
         backbone, shared.preset, shared.options, dense, load_dataset(shared.preset.dataset), spec.seed, shared.device,
         shared.options.train_steps or shared.preset.train_steps, shared.progress,
     )
-    return apply_chain(shared.registries, spec.chain, dataclasses.replace(ctx, diffusion=diffusion), dense, info)[0]
+    return apply_chain(shared.registries, spec.chain, ctx, dense, info)[0]
 
 
 def _keep_architecture(dense: nn.Module, model: nn.Module, relative: str, result: CellResult) -> None:

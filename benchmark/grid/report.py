@@ -65,8 +65,9 @@ def split_superseded(cells: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
         key = (cell["backbone"], cell["method"])
         if key not in latest or str(cell.get("finished", "")) > str(latest[key].get("finished", "")):
             latest[key] = cell
-    current = [c for c in cells if versions(c) == versions(latest[c["backbone"], c["method"]])]
-    return current, [c for c in cells if versions(c) != versions(latest[c["backbone"], c["method"]])]
+    wanted = {key: versions(cell) for key, cell in latest.items()}
+    is_current = [versions(c) == wanted[c["backbone"], c["method"]] for c in cells]
+    return ([c for c, ok in zip(cells, is_current) if ok], [c for c, ok in zip(cells, is_current) if not ok])
 
 
 def load_cells(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
