@@ -1,4 +1,4 @@
-"""The command line: ``python -m benchmark {list,run,leaderboard,train-dense,prune,latency}``.
+"""The command line: ``python -m benchmark {list,run,leaderboard,train-dense,prune,dipgo-convergence,latency}``.
 
 Mistakes in the input (unknown names, malformed values, unwritable paths, missing CUDA) end with one
 ``error: ...`` line on stderr and exit code 2; a run in which some cell failed exits with 1.
@@ -176,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_options(prune)
     prune.set_defaults(handler=prune_command)
 
+    convergence = command("dipgo-convergence", "train DiP-GO's pruner on each backbone's dense reference and show when "
+                                               "its learned schedules stop changing")
+    convergence.add_argument("--backbones", default="all", metavar="LIST", help="'all' or a comma list (default: all)")
+    convergence.add_argument("--preset", default="tiny", choices=list(PRESETS), help="default: tiny")
+    convergence.add_argument("--steps", type=positive_int, default=500, metavar="N", help="pruner steps (default: 500)")
+    convergence.add_argument("--every", type=positive_int, default=25, metavar="N", help="steps per line (default: 25)")
+    convergence.add_argument("--seed", type=seed_int, default=0, metavar="N", help="default: 0")
+    convergence.set_defaults(handler=dipgo_convergence_command)
+
     latency = command("latency", "time a backbone dense and 2:4-sparse at several batch sizes")
     latency.add_argument("--backbone", required=True)
     latency.add_argument("--preset", default="tiny", choices=list(PRESETS), help="default: tiny")
@@ -351,6 +360,20 @@ def prune_command(args: argparse.Namespace) -> int:
         preset = dataclasses.replace(preset, batch_size=args.batch_size)
     return prune(registries, args.method, args.backbone, preset, method_options(args), args.checkpoint, args.seed,
                  args.device, args.out, as_json=args.json, progress=not args.quiet)
+
+
+def dipgo_convergence_command(args: argparse.Namespace) -> int:
+    from benchmark import dipgo_convergence
+    from benchmark.plugins import build_registries
+
+    if args.steps % args.every:
+        raise BenchmarkError(f"--steps {args.steps} must be a multiple of --every {args.every}")
+    registries = build_registries()
+    for name in registries.backbones.select(args.backbones):
+        backbone = registries.backbones.get(name)
+        result = dipgo_convergence.measure(backbone, get_preset(args.preset), args.steps, args.every, args.seed)
+        print(dipgo_convergence.render(result), end="\n\n", flush=True)
+    return 0
 
 
 def latency_command(args: argparse.Namespace) -> int:
