@@ -22,7 +22,7 @@ examples:
   python -m benchmark list
   python -m benchmark run --methods all --backbones all --preset tiny
   python -m benchmark run --methods dense,asp,sparsedm+dipgo --backbones uvit --out runs/mine --quiet
-  python -m benchmark run --methods all --seeds 0,1,2 --out runs/tiny-3seeds
+  python -m benchmark run --methods all --seeds 0,1,2 --out runs/tiny-3seeds --jobs 2
   python -m benchmark run --methods all --seeds 0,1,2 --executor ray --ray-address auto
   python -m benchmark run --methods dipgo@0.3,dipgo@0.7,diff-pruning@0.3,diff-pruning+dipgo --backbones ddpm
   python -m benchmark leaderboard runs/tiny --format csv
@@ -132,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint", action="append", default=[], metavar="BACKBONE=PATH",
                      help="dense starting checkpoint for a backbone (repeatable)")
     run.add_argument("--executor", default="local", choices=["local", "ray"],
-                     help="local: every cell in this process (default); ray: one Ray task per cell")
+                     help="local: cells on this machine (default); ray: cells in Ray actors, on a local or given "
+                          "cluster")
+    run.add_argument("--jobs", type=positive_int, metavar="N",
+                     help="cells computed at once: worker processes (local; 1 = in this process) or Ray actors "
+                          "(default: one per core on CPU with one thread each, 1 on CUDA; Ray: the cluster's CPUs)")
     run.add_argument("--ray-address", metavar="ADDR",
                      help="Ray cluster to join, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else a local "
                           "cluster sized to this machine)")
@@ -269,7 +273,7 @@ def run_command(args: argparse.Namespace) -> int:
         checkpoints=parse_checkpoints(args.checkpoint, registries.backbones.names()),
     )
     out_dir = args.out or Path("runs") / preset.name
-    executor = make_executor(args.executor, args.ray_address)
+    executor = make_executor(args.executor, args.ray_address, args.jobs, args.device)
     summary = run_grid(
         registries, methods, backbones, preset, options, run_seeds(args), args.device, out_dir,
         progress=not args.quiet, executor=executor,

@@ -271,7 +271,8 @@ def test_cli_exit_code_when_a_cell_failed(registries, tmp_path, monkeypatch, cap
 
     monkeypatch.setitem(PRESETS, UNIT.name, UNIT)
     monkeypatch.setattr(benchmark.plugins, "build_registries", lambda: registries)
-    code = main(["run", "--methods", "counting,explode", "--preset", "unit", "--out", str(tmp_path), "--quiet"])
+    code = main(["run", "--methods", "counting,explode", "--preset", "unit", "--out", str(tmp_path), "--quiet",
+                 "--jobs", "1"])
     captured = capsys.readouterr()
     assert code == 1
     assert "2 ok, 1 failed, 0 skipped" in captured.out

@@ -23,7 +23,7 @@ def test_cifar10_preset_end_to_end_on_synthetic_images(tmp_path, monkeypatch):
     monkeypatch.setitem(PRESETS, "cifar10", preset)  # same name, configs and recipe; small batches
     arguments = ["run", "--preset", "cifar10", "--methods", "dense,asp,uniform-skip", "--backbones", "ddpm,uvit",
                  "--train-steps", "1", "--fid-samples", "2", "--sample-steps", "2", "--out", str(tmp_path / "run"),
-                 "--quiet"]
+                 "--quiet", "--jobs", "1"]  # in this process: the synthetic images are patched in here
     registries = build_registries()
     for name in ("ddpm", "uvit"):  # no official weights offline: freshly initialised full-size checkpoints
         path = tmp_path / f"{name}.pt"

@@ -116,7 +116,7 @@ def test_executor_names_are_checked_before_any_work(monkeypatch):
 
     from benchmark.errors import BenchmarkError
 
-    assert isinstance(make_executor("local"), LocalExecutor)
+    assert isinstance(make_executor("local", jobs=1), LocalExecutor)
     with pytest.raises(BenchmarkError, match="--ray-address needs --executor ray"):
         make_executor("local", "auto")
     with pytest.raises(BenchmarkError, match="unknown executor 'spark'; available: local, ray"):

@@ -94,6 +94,7 @@ def _new_record(spec: CellSpec, shared: Shared) -> dict[str, Any]:
         "versions": environment_versions(),
         "device": device_name(shared.device),
         "seed": spec.seed,
+        "threads": torch.get_num_threads(),
         "timings": {},
         "metrics": {},
         "info": {},
@@ -107,7 +108,7 @@ def _new_record(spec: CellSpec, shared: Shared) -> dict[str, Any]:
 def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, result: CellResult) -> None:
     """Fill the record's timings, metrics and info in place, so a failure keeps what was measured."""
     from benchmark.diffusion import Diffusion
-    from benchmark.grid import measure
+    from benchmark.grid import measure, quiet
 
     record = result.record
     timings, metrics, info = record["timings"], record["metrics"], record["info"]
@@ -133,9 +134,10 @@ def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, 
     with _timed(timings, "metrics"), torch.no_grad():
         inputs = tuple(x.to(shared.device) for x in backbone.example_inputs(shared.preset, 1))
         metrics.update(measure.macs(backbone, state, inputs))
-        pair, record["latency_report"] = measure.latency(
-            backbone, shared.preset, dense, diffusion, state, spec.seed, shared.device
-        )
+        with quiet.quiet():  # no other worker of this machine computes while the pair is timed
+            pair, record["latency_report"] = measure.latency(
+                backbone, shared.preset, dense, diffusion, state, spec.seed, shared.device
+            )
         metrics.update(pair)
     with _timed(timings, "fid"):
         metrics.update(

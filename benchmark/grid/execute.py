@@ -1,98 +1,146 @@
 """Execution: an executor computes the planned cells and hands back each result as it is done.
 
-``local`` computes them one after another in this process (the default); ``ray`` makes each cell a
-Ray task, on a local cluster sized to the machine or on an existing one. Either way the driver stores
-every result the moment it comes back, so an interrupted run keeps every finished cell.
+``local`` computes them in this process (``--jobs 1``) or in ``--jobs N`` spawned worker processes
+(:mod:`benchmark.grid.workers`); ``ray`` in one long-lived Ray actor per worker slot, on a local cluster
+sized to the machine or on an existing one. Every executor asks the driver to ``start`` a cell just
+before computing it (the driver claims it then, so invocations sharing a run directory split the grid)
+and the driver stores every result the moment it comes back, so an interrupted run keeps every
+finished cell.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
-import traceback
 from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from benchmark.errors import BenchmarkError
-from benchmark.grid.cell import CellResult, Shared, compute_cell, failed_record
+from benchmark.grid import quiet
+from benchmark.grid.cell import CellResult, Shared, compute_cell
 from benchmark.grid.plan import CellSpec
 from benchmark.grid.store import REFERENCE_METHOD
 
-Announce = Callable[[CellSpec], None]
+
+@dataclasses.dataclass(frozen=True)
+class Ticket:
+    """A cell the driver has claimed for an executor to compute, with the FID features of its seed's dense
+    samples where they are known already."""
+
+    spec: CellSpec
+    dense_features: np.ndarray | None = None
+
+
+Start = Callable[[CellSpec], "Ticket | None"]  # None: not to be computed here (complete, or claimed elsewhere)
 
 
 class Executor(Protocol):
-    def run(self, cells: Sequence[CellSpec], shared: Shared, announce: Announce) -> Iterator[CellResult]:
-        """Compute every cell, yielding each result as it finishes (in any order); ``announce`` a cell as it starts
-        where the executor knows when that is."""
+    def run(self, cells: Sequence[CellSpec], shared: Shared, start: Start) -> Iterator[CellResult]:
+        """Compute the cells that ``start`` hands out, yielding each result as it finishes (in any order)."""
         ...
 
 
-class LocalExecutor:
-    """Every cell in this process, in plan order: a seed's dense cell finishes before the seed's other cells
-    and hands them its samples' features."""
+class CellQueue:
+    """The cells still to start, in plan order. A cell waits while its seed's dense cell is still to compute
+    or computing here, so that it gets that cell's sample features instead of drawing the samples again."""
 
-    def run(self, cells: Sequence[CellSpec], shared: Shared, announce: Announce) -> Iterator[CellResult]:
-        features: dict[tuple[str, int], np.ndarray] = {}
-        for spec in cells:
-            announce(spec)
-            result = compute_cell(spec, shared, features.get((spec.backbone, spec.seed)))
-            if result.dense_features is not None:
-                features[spec.backbone, spec.seed] = result.dense_features
-            yield result
+    def __init__(self, cells: Sequence[CellSpec], start: Start):
+        self._todo, self._start = list(cells), start
+        self._dense_open = {(s.backbone, s.seed) for s in cells if s.method == REFERENCE_METHOD}
+
+    def __bool__(self) -> bool:
+        return bool(self._todo)
+
+    def next(self) -> Ticket | None:
+        """The next cell that may start now, started; None when no cell can start before a running one ends."""
+        for spec in list(self._todo):
+            if spec.method != REFERENCE_METHOD and (spec.backbone, spec.seed) in self._dense_open:
+                continue
+            self._todo.remove(spec)
+            ticket = self._start(spec)
+            if ticket is not None:
+                return ticket
+            self.done(spec)
+        return None
+
+    def done(self, spec: CellSpec) -> None:
+        if spec.method == REFERENCE_METHOD:
+            self._dense_open.discard((spec.backbone, spec.seed))
+
+
+class Pool(Protocol):
+    """Worker slots that compute one cell at a time each."""
+
+    def idle(self) -> int:
+        """How many slots can take a cell now."""
+        ...
+
+    def submit(self, ticket: Ticket) -> None: ...
+
+    def busy(self) -> bool: ...
+
+    def wait(self) -> list[tuple[CellSpec, CellResult]]:
+        """Block until at least one slot finishes; the cells that finished (a dead worker's as failed)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def drain(queue: CellQueue, pool: Pool) -> Iterator[CellResult]:
+    """Keep every slot of ``pool`` busy with the queue's next cell; yield results as they arrive."""
+    try:
+        while True:
+            for _ in range(pool.idle()):
+                ticket = queue.next()
+                if ticket is None:
+                    break
+                pool.submit(ticket)
+            if not pool.busy():  # the queue is empty: a cell only waits for a dense cell that is running
+                return
+            for spec, result in pool.wait():
+                queue.done(spec)
+                yield result
+    finally:
+        pool.close()
+
+
+class LocalExecutor:
+    """Every cell in this process, in plan order (``--jobs 1``); a seed's dense cell finishes before the seed's
+    other cells, which get its samples' features."""
+
+    def run(self, cells: Sequence[CellSpec], shared: Shared, start: Start) -> Iterator[CellResult]:
+        queue = CellQueue(cells, start)
+        with quiet.worker():
+            while (ticket := queue.next()) is not None:
+                result = compute_cell(ticket.spec, shared, ticket.dense_features)
+                queue.done(ticket.spec)
+                yield result
 
 
 class RayExecutor:
-    """One Ray task per cell, each asking for one GPU on CUDA and one CPU otherwise.
+    """One long-lived Ray actor per worker slot (``jobs``, default: the cluster's CPUs, or GPUs on CUDA), each
+    holding the shared inputs (settings, dense models, FID network, reference features), which go to the
+    object store once; threads are set inside each actor.
 
-    The shared inputs (settings, dense models, reference features) go to the object store once. A
-    seed's other cells wait for its dense cell, if that one is pending, and get its samples' features.
-    Tasks run with ``max_retries=0``: a worker that dies (killed, out of memory, a CUDA error) fails
-    its own cell with the reason instead of being retried up to Ray's default 3 times, which for a
-    deterministic failure repeats the same hours; a rerun recomputes it. ``retry_exceptions`` stays
-    False: a method's exception is already a failed cell inside the task.
+    Actors are not restarted and their calls not retried: a worker that dies (killed, out of memory, a
+    CUDA error) fails its own cell with the reason, and a new actor takes its slot; a rerun recomputes
+    the cell. A method's exception is already a failed cell inside the actor.
     """
 
-    def __init__(self, address: str | None = None):
-        self.address = address
+    def __init__(self, address: str | None = None, jobs: int | None = None):
+        self.address, self.jobs = address, jobs
 
-    def run(self, cells: Sequence[CellSpec], shared: Shared, announce: Announce) -> Iterator[CellResult]:
+    def run(self, cells: Sequence[CellSpec], shared: Shared, start: Start) -> Iterator[CellResult]:
+        from benchmark.grid.workers import RayPool
+
         ray = _import_ray()
         if not ray.is_initialized():
             joining = self.address is not None or "RAY_ADDRESS" in os.environ
             # a new local cluster starts without the dashboard, a process small machines lack room for
             ray.init(address=self.address, log_to_driver=False, **({} if joining else {"include_dashboard": False}))
-        resources = {"num_gpus": 1} if shared.device.type == "cuda" else {"num_cpus": 1}
-        task = ray.remote(max_retries=0, **resources)(compute_cell)
-        scorer = copy.copy(shared.scorer)
-        scorer.progress = False  # workers' progress bars would only interleave in the driver's log
-        shared_ref = ray.put(dataclasses.replace(shared, scorer=scorer, progress=False))
-        dense_pending = {(spec.backbone, spec.seed) for spec in cells if spec.method == REFERENCE_METHOD}
-        later = [s for s in cells if s.method != REFERENCE_METHOD and (s.backbone, s.seed) in dense_pending]
-        running = {task.remote(spec, shared_ref): spec for spec in cells if spec not in later}
-        try:
-            while running:
-                [done], _ = ray.wait(list(running), num_returns=1)
-                spec = running.pop(done)
-                result = _result_of(ray, done, spec, shared)
-                if spec.method == REFERENCE_METHOD:  # its seed's cells may start, with its features if it had any
-                    for other in [s for s in later if (s.backbone, s.seed) == (spec.backbone, spec.seed)]:
-                        later.remove(other)
-                        running[task.remote(other, shared_ref, result.dense_features)] = other
-                yield result
-        finally:
-            for ref in running:
-                ray.cancel(ref, force=True)
-
-
-def _result_of(ray, ref, spec: CellSpec, shared: Shared) -> CellResult:
-    """The task's result, or a failed cell naming why its worker could not return one."""
-    try:
-        return ray.get(ref)
-    except (ray.exceptions.RayError, OSError) as error:
-        return CellResult(failed_record(spec, shared, f"{type(error).__name__}: {error}",
-                                        "".join(traceback.format_exception(error))), {})
+        kind = "GPU" if shared.device.type == "cuda" else "CPU"
+        jobs = self.jobs or max(1, int(ray.cluster_resources().get(kind, 1)))
+        yield from drain(CellQueue(cells, start), RayPool(ray, jobs, shared))
 
 
 def _import_ray():
@@ -106,13 +154,26 @@ def _import_ray():
 EXECUTORS = ("local", "ray")
 
 
-def make_executor(name: str, address: str | None = None) -> Executor:
-    """The executor ``--executor`` names; Ray is checked for here, before any work."""
+def default_jobs(device: str) -> int:
+    """Worker processes ``--jobs`` defaults to: one per usable core on CPU (one thread each: on the 2-core
+    machine of ``results/speed`` the fastest setting), one on CUDA (one GPU)."""
+    if device == "cuda":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def make_executor(name: str, address: str | None = None, jobs: int | None = None, device: str = "cpu") -> Executor:
+    """The executor ``--executor`` and ``--jobs`` name; Ray is checked for here, before any work."""
+    if jobs is not None and jobs < 1:
+        raise BenchmarkError(f"--jobs {jobs} is not possible: use 1 or more worker processes")
     if name == "local":
+        from benchmark.grid.workers import ProcessExecutor
+
         if address is not None:
             raise BenchmarkError("--ray-address needs --executor ray")
-        return LocalExecutor()
+        jobs = jobs or default_jobs(device)
+        return LocalExecutor() if jobs == 1 else ProcessExecutor(jobs)
     if name == "ray":
         _import_ray()
-        return RayExecutor(address)
+        return RayExecutor(address, jobs)
     raise BenchmarkError(f"unknown executor {name!r}; available: {', '.join(EXECUTORS)}")

@@ -7,19 +7,23 @@ stored so far).
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from benchmark.api import RunOptions
 from benchmark.errors import BenchmarkError
-from benchmark.grid.cell import Shared
-from benchmark.grid.execute import Executor, LocalExecutor
+from benchmark.grid.cell import CellResult, Shared
+from benchmark.grid.execute import Executor, LocalExecutor, Ticket
 from benchmark.grid.plan import CellSpec, parse_request, plan_grid
-from benchmark.grid.store import CellStore
+from benchmark.grid.store import REFERENCE_METHOD, RENEW_SECONDS, CellStore
 from benchmark.plugins import Registries
 from benchmark.presets import Preset
 
@@ -79,47 +83,101 @@ def run_grid(
     cells = plan_grid(registries, chains, backbones, preset, options, seeds, str(device), dense_ids, fid_weights)
 
     summary = RunSummary()
-    pending: list[CellSpec] = []
-    try:
-        for spec in cells:
-            key = (spec.backbone, spec.method, spec.seed)
-            if store.is_complete(*key, spec.config_hash):
-                summary.skipped.append(key)
-                say(f"{spec.backbone}/{spec.method} seed {spec.seed}: already complete, skipped")
-            elif (holder := store.claim(*key)) is not None:
-                summary.claimed.append(key)
-                say(f"{spec.backbone}/{spec.method} seed {spec.seed}: being computed by {holder}, skipped")
-            elif store.is_complete(*key, spec.config_hash):  # finished between the check and the claim
-                store.release(*key)
-                summary.skipped.append(key)
-            else:
-                pending.append(spec)
-        if pending:
-            shared = _prepare(registries, preset, options, device, progress, n, dense_paths, failures,
-                              {spec.backbone for spec in pending})
-            _execute(pending, shared, store, summary, say, executor or LocalExecutor())
-    finally:
-        for spec in pending:
-            store.release(spec.backbone, spec.method, spec.seed)
+    pending = []
+    for spec in cells:
+        if store.is_complete(spec.backbone, spec.method, spec.seed, spec.config_hash):
+            summary.skipped.append((spec.backbone, spec.method, spec.seed))
+            say(f"{spec.backbone}/{spec.method} seed {spec.seed}: already complete, skipped")
+        else:
+            pending.append(spec)
+    if pending:
+        shared = _prepare(registries, preset, options, device, progress, n, dense_paths, failures,
+                          {spec.backbone for spec in pending})
+        driver = _Driver(store, summary, say, cells, len(pending))
+        with _renewing_claims(store), _terminate_as_interrupt():
+            try:
+                for result in (executor or LocalExecutor()).run(pending, shared, driver.start):
+                    driver.finish(result)
+            finally:
+                store.release_all()
     report.publish(store.out_dir)
     return summary
 
 
-def _execute(
-    pending: list[CellSpec], shared: Shared, store: CellStore, summary: RunSummary, say, executor: Executor
-) -> None:
-    """Compute the pending cells and store each result (then drop its claim) as it arrives."""
-    numbers = {spec: f"[{i}/{len(pending)}]" for i, spec in enumerate(pending, 1)}
-    for result in executor.run(
-        pending, shared, lambda spec: say(f"{numbers[spec]} {spec.backbone}/{spec.method} seed {spec.seed}")
-    ):
-        cell = result.record
+class _Driver:
+    """Claims each cell as an executor starts it and stores each result (with its seed's dense features) as
+    it arrives."""
+
+    def __init__(self, store: CellStore, summary: RunSummary, say, cells: list[CellSpec], pending: int):
+        self.store, self.summary, self.say, self.pending, self.started = store, summary, say, pending, 0
+        self.dense_hash = {(s.backbone, s.seed): s.config_hash for s in cells if s.method == REFERENCE_METHOD}
+
+    def start(self, spec: CellSpec) -> Ticket | None:
+        key, store = (spec.backbone, spec.method, spec.seed), self.store
+        if store.is_complete(*key, spec.config_hash):  # another invocation finished it meanwhile
+            self.summary.skipped.append(key)
+            self.say(f"{spec.backbone}/{spec.method} seed {spec.seed}: completed by another invocation, skipped")
+            return None
+        if (holder := store.claim(*key)) is not None:
+            self.summary.claimed.append(key)
+            self.say(f"{spec.backbone}/{spec.method} seed {spec.seed}: being computed by {holder}, skipped")
+            return None
+        if store.is_complete(*key, spec.config_hash):  # finished between the check and the claim
+            store.release(*key)
+            self.summary.skipped.append(key)
+            return None
+        self.started += 1
+        self.say(f"[{self.started}/{self.pending}] {spec.backbone}/{spec.method} seed {spec.seed}")
+        features = None
+        if spec.method != REFERENCE_METHOD:
+            features = store.read_features(spec.backbone, spec.seed, self.dense_hash[spec.backbone, spec.seed])
+        return Ticket(spec, features)
+
+    def finish(self, result: CellResult) -> None:
+        cell, store = result.record, self.store
+        key = (cell["backbone"], cell["method"], cell["seed"])
         store.write(cell, result.artefacts)
-        store.release(cell["backbone"], cell["method"], cell["seed"])
-        (summary.ok if cell["status"] == "ok" else summary.failed).append((cell["backbone"], cell["method"], cell["seed"]))
+        if result.dense_features is not None:
+            store.write_features(key[0], key[2], self.dense_hash[key[0], key[2]], result.dense_features)
+        store.release(*key)
+        (self.summary.ok if cell["status"] == "ok" else self.summary.failed).append(key)
         detail = f"fid {cell['metrics']['fid']:.2f}" if cell["status"] == "ok" else cell["error"]
-        say(f"{cell['backbone']}/{cell['method']} seed {cell['seed']}: {cell['status']} in "
-            f"{cell['timings']['total']:.1f} s ({detail})")
+        self.say(f"{key[0]}/{key[1]} seed {key[2]}: {cell['status']} in {cell['timings']['total']:.1f} s ({detail})")
+
+
+@contextmanager
+def _renewing_claims(store: CellStore) -> Iterator[None]:
+    """Renew the leases of the claims ``store`` holds every :data:`RENEW_SECONDS` until the block ends."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(RENEW_SECONDS):
+            store.renew()
+
+    thread = threading.Thread(target=renew, name="claim leases", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's kill, ``timeout``) stops the run as Ctrl-C does: finished cells stay, claims go."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _printer(progress: bool):

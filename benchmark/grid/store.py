@@ -1,9 +1,10 @@
 """The store: one JSON file per (backbone, method, seed) cell, written atomically and keyed by a config hash.
 
 A run directory holds ``cells/{backbone}__{method}__seed{seed}.json`` and the files a cell produced
-beside it (``samples/{stem}.png``, ``models/{stem}.pt``). A cell whose file says ``"status": "ok"``
-and whose ``config_hash`` matches the current configuration is complete and is skipped on resume;
-failed, stale and unreadable cells are recomputed.
+beside it (``samples/{stem}.png``, ``models/{stem}.pt``); ``features/`` keeps the FID features of each
+seed's dense samples, which every cell of the seed compares with, for later invocations. A cell whose
+file says ``"status": "ok"`` and whose ``config_hash`` matches the current configuration is complete
+and is skipped on resume; failed, stale and unreadable cells are recomputed.
 
 Cell schema, version 3 (``"schema": 3``)::
 
@@ -21,8 +22,10 @@ Cell schema, version 3 (``"schema": 3``)::
     versions     python, torch, diffusers, pytorch-fid, torch-pruning, benchmark
     device       device name, e.g. "cpu" or "NVIDIA H100 80GB HBM3"
     seed         the cell's seed (data order, noise, sampling, FID bootstrap)
+    threads      torch threads of the process that computed the cell (latency pairs ran with them)
     timings      seconds per phase: load (the backbone's dense checkpoint, shared by its cells),
-                 prune, metrics, fid, total (their sum)
+                 prune, metrics, fid, total (their sum); a phase includes any time its worker stood
+                 paused while another worker timed a latency pair
     metrics      fid and fid_to_dense with fid_sd/fid_low/fid_high and fid_to_dense_sd/_low/_high
                  (bootstrap sd and 95% interval over the generated samples), fid_samples, params_m,
                  macs_g, sparse_macs_g (params and MACs counted on the pruned model),
@@ -42,15 +45,25 @@ Cell schema, version 3 (``"schema": 3``)::
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
 import tempfile
+import time
 import warnings
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: take-overs there are not locked
+    fcntl = None
 
 from benchmark import __version__
 from benchmark.errors import BenchmarkError
@@ -99,6 +112,10 @@ def _safe(name: str) -> str:
     )
 
 
+LEASE_SECONDS = 600.0  # a claim not renewed for this long is taken over, from any host
+RENEW_SECONDS = 60.0  # how often a driver renews the claims of the cells it is computing
+
+
 def _read_text(path: Path) -> str | None:
     try:
         return path.read_text().strip()
@@ -106,9 +123,16 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _gone(holder: str) -> bool:
-    """True when a claim's ``host pid`` is a process of this host that no longer exists."""
+def _expired(path: Path, holder: str) -> bool:
+    """True when a claim's holder is gone: a process of this host that no longer exists, or a lease (the claim
+    file's modification time, renewed while its cell computes) older than :data:`LEASE_SECONDS`."""
     host, _, pid = holder.rpartition(" ")
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    if age > LEASE_SECONDS:
+        return True
     if host != platform.node() or not pid.isdigit():
         return False
     try:
@@ -126,6 +150,7 @@ class CellStore:
     def __init__(self, out_dir: str | os.PathLike[str]):
         self.out_dir = Path(out_dir)
         self.cells_dir = self.out_dir / "cells"
+        self._held: set[Path] = set()  # claims this process holds
 
     def path(self, backbone: str, method: str, seed: int) -> Path:
         return self.cells_dir / f"{cell_stem(backbone, method, seed)}.json"
@@ -182,11 +207,15 @@ class CellStore:
         )
 
     def claim(self, backbone: str, method: str, seed: int) -> str | None:
-        """Claim a cell for this process; None when claimed, else who holds it (``host pid``).
+        """Claim a cell for this process as it starts; None when claimed, else who holds it (``host pid``).
 
-        A claim is a ``cells/.{stem}.claim`` file created exclusively, so of two invocations on one
-        run directory only one computes a cell. A claim left by a process that is gone (same host, no
-        such pid) is taken over; one from another host is honoured until :meth:`release` or removal.
+        A claim is a ``cells/.{stem}.claim`` file created exclusively, so of two invocations on one run
+        directory (or on one shared filesystem from two hosts) only one computes a cell. Its holder
+        renews it (:meth:`renew`) while the cell computes; a claim whose process is gone (same host, no
+        such pid) or whose lease ran out (not renewed for :data:`LEASE_SECONDS`, e.g. its host died) is
+        taken over. Take-overs hold an ``flock`` on ``cells/.claims.lock``, so two invocations cannot
+        both take over one claim (on filesystems where ``flock`` is not shared between hosts, two hosts
+        taking over the same dead claim in the same instant could both compute it).
         """
         path = self._claim_path(backbone, method, seed)
         mine = f"{platform.node()} {os.getpid()}"
@@ -194,21 +223,62 @@ class CellStore:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                holder = _read_text(path)
-                if holder is None or not _gone(holder):
-                    return holder or "another process"
-                path.unlink(missing_ok=True)  # its process died: take the claim over
+                with self._claims_lock():
+                    holder = _read_text(path)
+                    if holder is None or not _expired(path, holder):
+                        return holder or "another process"
+                    path.unlink(missing_ok=True)  # its holder is gone: take the claim over
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(mine)
+            self._held.add(path)
             return None
         return "another process"
 
+    def renew(self) -> None:
+        """Extend the lease of every claim this store holds (its cells are still computing)."""
+        for path in list(self._held):
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                self._held.discard(path)
+
+    def release_all(self) -> None:
+        """Drop every claim this store holds (a run that stops early leaves none behind)."""
+        for path in list(self._held):
+            self._held.discard(path)
+            path.unlink(missing_ok=True)
+
     def release(self, backbone: str, method: str, seed: int) -> None:
-        self._claim_path(backbone, method, seed).unlink(missing_ok=True)
+        path = self._claim_path(backbone, method, seed)
+        self._held.discard(path)
+        path.unlink(missing_ok=True)
 
     def _claim_path(self, backbone: str, method: str, seed: int) -> Path:
         return self.cells_dir / f".{cell_stem(backbone, method, seed)}.claim"
+
+    @contextmanager
+    def _claims_lock(self) -> Iterator[None]:
+        with open(self.cells_dir / ".claims.lock", "a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            yield  # the lock goes with the file
+
+    def features_path(self, backbone: str, seed: int, dense_hash: str) -> Path:
+        """Where the FID features of a seed's dense samples are kept, keyed by the dense cell's config hash."""
+        return self.out_dir / "features" / f"{cell_stem(backbone, REFERENCE_METHOD, seed)}-{dense_hash}.npy"
+
+    def write_features(self, backbone: str, seed: int, dense_hash: str, features: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, features, allow_pickle=False)
+        self._replace(self.features_path(backbone, seed, dense_hash), buffer.getvalue())
+
+    def read_features(self, backbone: str, seed: int, dense_hash: str) -> np.ndarray | None:
+        """The kept dense features, shared by every invocation on this directory; None when there are none."""
+        try:
+            return np.load(self.features_path(backbone, seed, dense_hash), allow_pickle=False)
+        except (FileNotFoundError, ValueError, OSError):
+            return None
 
     def all_cells(self) -> list[dict[str, Any]]:
         """Every readable cell, in file-name order."""
