@@ -1,9 +1,10 @@
-"""Wall time of one small grid with the local executor and with Ray at 1 and 2 workers, and Ray's fixed cost.
+"""Wall time of one small grid with the local executor at ``--jobs 1`` (this process, the machine's threads)
+and ``--jobs 2`` (two worker processes, one thread each), with Ray at 1 and 2 actors, and Ray's fixed cost.
 
 The grid: dense, asp and uniform-skip on the tiny DDPM, seeds 0 and 1, 20 training steps, FID@32,
 10 DDIM steps (6 cells). Each configuration runs in a fresh process on an idle machine, into a fresh
-directory, so nothing is resumed; Ray's start-up is ``ray.init`` to a ready local cluster and its
-shutdown.
+directory, so nothing is resumed; Ray starts its own local cluster (the machine's CPUs) each time, and
+its fixed cost is ``ray.init`` to a ready local cluster, the first task and the shutdown.
 
     python results/executors.py > results/executors.out
 """
@@ -33,13 +34,11 @@ def timed(command: list[str]) -> float:
 def main() -> None:
     print("| executor | workers | wall time (s) |")
     print("|---|---|---|")
-    for label, workers, extra in (("local", 1, []), ("ray", 1, ["--executor", "ray"]), ("ray", 2, ["--executor", "ray"])):
+    for executor, jobs in (("local", 1), ("local", 2), ("ray", 1), ("ray", 2)):
         with tempfile.TemporaryDirectory() as out:
-            env_prefix = [sys.executable, "-c", f"import ray, runpy, sys; ray.init(num_cpus={workers}, "
-                          "include_dashboard=False); sys.argv = ['benchmark'] + sys.argv[1:]; "
-                          "runpy.run_module('benchmark', run_name='__main__')"] if extra else [sys.executable, "-m",
-                                                                                           "benchmark"]
-            print(f"| {label} | {workers} | {timed([*env_prefix, 'run', *GRID, *extra, '--out', out]):.1f} |", flush=True)
+            command = [sys.executable, "-m", "benchmark", "run", *GRID, "--executor", executor, "--jobs", str(jobs),
+                       "--out", out]
+            print(f"| {executor} | {jobs} | {timed(command):.1f} |", flush=True)
     for cpus in (1, 2):
         init, first_task, shutdown = subprocess.run(
             [sys.executable, "-c", STARTUP.format(cpus=cpus)], check=True, capture_output=True, text=True

@@ -156,12 +156,17 @@ class ProcessPool:
 
 
 class RayPool:
-    """One actor per slot; the shared inputs are put in the object store once and handed to each actor."""
+    """One actor per slot; the shared inputs are put in the object store once and handed to each actor.
+
+    On CPU each actor reserves, and runs as many threads as, its share of the cluster's CPUs (at most one
+    node's); on CUDA one GPU and its node's CPUs split between the slots."""
 
     def __init__(self, ray: Any, jobs: int, shared: Shared):
-        resources = {"num_gpus": 1} if shared.device.type == "cuda" else {"num_cpus": 1}
-        self._ray, self._shared = ray, shared
-        self._threads = threads_per_worker(1) if shared.device.type == "cuda" else 1  # one CPU per actor
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")] or [ray.cluster_resources()]
+        largest = max(int(node.get("CPU", 1)) for node in nodes)
+        cpus = max(1, min(largest, int(ray.cluster_resources().get("CPU", 1)) // jobs))
+        resources = {"num_gpus": 1} if shared.device.type == "cuda" else {"num_cpus": cpus}
+        self._ray, self._shared, self._threads = ray, shared, cpus
         self._actor = ray.remote(max_restarts=0, max_task_retries=0, **resources)(CellWorker)
         self._shared_ref = ray.put(worker_shared(shared))
         self._slots: list[list[Any]] = [[self._new_actor(), None] for _ in range(jobs)]  # [actor, running ref]
