@@ -208,8 +208,11 @@ def test_resume_skips_complete_cells(registries, tmp_path):
 def test_fid_to_dense_compares_with_the_dense_samples_even_on_resume(registries, tmp_path):
     run(registries, tmp_path / "together", ["counting", "uniform-skip"])
     run(registries, tmp_path / "resumed", ["counting"])
+    (kept,) = (tmp_path / "resumed" / "features").glob("tiny-net__dense__seed0-*.npy")
+    written = kept.stat().st_mtime_ns
     resumed = run(registries, tmp_path / "resumed", ["counting", "uniform-skip"])
-    assert resumed.skipped == [("tiny-net", "dense", 0), ("tiny-net", "counting", 0)]  # dense samples drawn again
+    assert resumed.skipped == [("tiny-net", "dense", 0), ("tiny-net", "counting", 0)]
+    assert kept.stat().st_mtime_ns == written  # the dense samples' features were read back, not drawn again
 
     together, later = (CellStore(tmp_path / d) for d in ("together", "resumed"))
     metrics = {m: together.read("tiny-net", m, 0)["metrics"] for m in ("dense", "counting", "uniform-skip")}

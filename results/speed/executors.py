@@ -6,7 +6,7 @@ The grid: dense, asp and uniform-skip on the tiny DDPM, seeds 0 and 1, 20 traini
 directory, so nothing is resumed; Ray starts its own local cluster (the machine's CPUs) each time, and
 its fixed cost is ``ray.init`` to a ready local cluster, the first task and the shutdown.
 
-    python results/executors.py > results/executors.out
+    python results/speed/executors.py > results/speed/executors.out
 """
 from __future__ import annotations
 
