@@ -274,6 +274,9 @@ class Method(abc.ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     description: ClassVar[str] = ""
+    trains_weights: ClassVar[bool] = True
+    """Whether the method fine-tunes weights with the run's budget (``ctx.train_steps``). One that does not
+    (the dense reference, skip schedules) runs once and serves every budget of a ``--train-steps`` list."""
     knob: ClassVar[str | None] = None
     """The :data:`KNOBS` option that sets this method's operating point: ``name@value`` runs it with that
     option at ``value`` (``dipgo@0.3``, ``asp@1:4``); None if it has none."""

@@ -81,6 +81,13 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+def step_list(text: str) -> list[int]:
+    steps = [positive_int(part.strip()) for part in text.split(",")]
+    if len(set(steps)) != len(steps):
+        raise argparse.ArgumentTypeError(f"budgets must be distinct, got {text}")
+    return steps
+
+
 def batch_sizes(text: str) -> list[int]:
     return [positive_int(part.strip()) for part in text.split(",")]
 
@@ -125,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
     add_method_options(run)
     run.add_argument("--fid-samples", type=positive_int, metavar="N", help="images per FID (default: the preset's)")
-    run.add_argument("--train-steps", type=positive_int, metavar="N",
-                     help="training steps per method (default: the preset's)")
+    run.add_argument("--train-steps", type=step_list, metavar="LIST",
+                     help="fine-tuning steps per weight-training method, or a comma list of budgets, each its own "
+                          "cell, e.g. 300,1000,3000; methods that train no weights run once (default: the preset's)")
     run.add_argument("--sample-steps", type=positive_int, metavar="N",
                      help="DDIM steps per image, for FID, latency and block schedules (default: the preset's)")
     run.add_argument("--checkpoint", action="append", default=[], metavar="BACKBONE=PATH",
@@ -254,7 +262,7 @@ def list_command(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     from benchmark.grid.execute import make_executor
     from benchmark.grid.plan import expand_methods
-    from benchmark.grid.run import run_grid
+    from benchmark.grid.run import label, run_grid
     from benchmark.plugins import build_registries
 
     registries = build_registries()
@@ -269,22 +277,21 @@ def run_command(args: argparse.Namespace) -> int:
     options = dataclasses.replace(
         method_options(args),
         fid_samples=args.fid_samples,
-        train_steps=args.train_steps,
         checkpoints=parse_checkpoints(args.checkpoint, registries.backbones.names()),
     )
     out_dir = args.out or Path("runs") / preset.name
     executor = make_executor(args.executor, args.ray_address, args.jobs, args.device)
     summary = run_grid(
         registries, methods, backbones, preset, options, run_seeds(args), args.device, out_dir,
-        progress=not args.quiet, executor=executor,
+        progress=not args.quiet, executor=executor, budgets=args.train_steps,
     )
     print(
         f"{len(summary.ok)} ok, {len(summary.failed)} failed, {len(summary.skipped)} skipped (already complete)"
         + (f", {len(summary.claimed)} being computed by another invocation" if summary.claimed else "")
         + f"; leaderboard: {out_dir / 'leaderboard.md'}"
     )
-    for backbone, method, seed in summary.failed:
-        print(f"failed: {backbone}/{method} seed {seed} (error and traceback in its cell file)", file=sys.stderr)
+    for key in summary.failed:
+        print(f"failed: {label(key)} (error and traceback in its cell file)", file=sys.stderr)
     return CELL_FAILED if summary.failed else 0
 
 

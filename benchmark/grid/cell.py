@@ -94,6 +94,7 @@ def _new_record(spec: CellSpec, shared: Shared) -> dict[str, Any]:
         "versions": environment_versions(),
         "device": device_name(shared.device),
         "seed": spec.seed,
+        "steps": spec.steps,
         "threads": torch.get_num_threads(),
         "timings": {},
         "metrics": {},
@@ -118,7 +119,7 @@ def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, 
         raise RuntimeError(f"no dense model for {spec.backbone!r}: {loaded}") from loaded
     dense, timings["load"] = loaded
     diffusion = Diffusion.for_preset(shared.preset)
-    stem = cell_stem(spec.backbone, spec.method, spec.seed)
+    stem = cell_stem(*spec.key)
 
     with _timed(timings, "prune"):
         state = _prune(spec, shared, backbone, dense, info)
@@ -154,7 +155,7 @@ def _prune(
     _seed_everything(spec.seed)
     ctx = method_context(
         backbone, shared.preset, shared.options, dense, load_dataset(shared.preset.dataset), spec.seed, shared.device,
-        shared.options.train_steps or shared.preset.train_steps, shared.progress,
+        spec.steps or shared.options.train_steps or shared.preset.train_steps, shared.progress,
     )
     return apply_chain(shared.registries, spec.chain, ctx, dense, info)[0]
 

@@ -7,8 +7,8 @@ cell comes first, since the other cells compare their samples with its samples.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from benchmark.api import Method, RunOptions
 from benchmark.errors import BenchmarkError
@@ -24,6 +24,16 @@ OPERATING_POINT = "@"  # dipgo@0.3: the method with its knob at 0.3
 FID_RESAMPLES = 200  # bootstrap resamples behind every FID interval
 
 
+class CellKey(NamedTuple):
+    """What names a cell in the store: ``steps`` is None at the preset's budget and for methods that train
+    no weights."""
+
+    backbone: str
+    method: str
+    seed: int
+    steps: int | None = None
+
+
 @dataclass(frozen=True)
 class CellSpec:
     """One cell to compute: everything a worker needs besides the shared inputs of its backbone."""
@@ -32,10 +42,15 @@ class CellSpec:
     chain: tuple[str, ...]
     seed: int
     config: dict[str, Any] = field(compare=False, hash=False)
+    steps: int | None = None  # the fine-tuning budget where it is not the preset's (a --train-steps list)
 
     @property
     def method(self) -> str:
         return CHAIN_SEPARATOR.join(self.chain)
+
+    @property
+    def key(self) -> CellKey:
+        return CellKey(self.backbone, self.method, self.seed, self.steps)
 
     @property
     def config_hash(self) -> str:
@@ -132,22 +147,38 @@ def parse_request(registries: Registries, methods: list[str], backbones: list[st
     return chains
 
 
+def trains_weights(registries: Registries, chain: tuple[str, ...]) -> bool:
+    """Whether any method of the chain fine-tunes weights with the run's budget."""
+    return any(registries.methods.get(split_operating_point(part)[0]).trains_weights for part in chain)
+
+
 def plan_grid(
     registries: Registries, chains: list[tuple[str, ...]], backbones: list[str], preset: Preset, options: RunOptions,
     seeds: list[int], device: str, dense_checkpoints: dict[str, str], fid_weights: str,
+    budgets: list[int] | None = None,
 ) -> list[CellSpec]:
     """Every cell of the grid, seed-major, each backbone's dense reference first, duplicates once.
 
-    ``dense_checkpoints`` identifies each backbone's starting checkpoint by content.
+    ``dense_checkpoints`` identifies each backbone's starting checkpoint by content. ``budgets`` (fine-tuning
+    steps; default: ``options.train_steps``, else the preset's) gives a chain that trains weights one cell per
+    budget; a chain that trains none gets one cell, which serves every budget. A budget equal to the
+    preset's is spelled as the preset's default (``train_steps`` null), so those cells are the same cells a
+    run without ``--train-steps`` makes.
     """
     unique = [(REFERENCE_METHOD,)]
     for chain in chains:
         if chain not in unique:
             unique.append(chain)
-    return [
-        CellSpec(backbone, chain, seed, cell_config(registries, preset, options, device, backbone, chain, seed,
-                                                    dense_checkpoints[backbone], fid_weights))
-        for seed in seeds
-        for backbone in backbones
-        for chain in unique
-    ]
+    budgets = budgets or [options.train_steps or preset.train_steps]
+    cells = []
+    for seed in seeds:
+        for backbone in backbones:
+            for chain in unique:
+                trains = trains_weights(registries, chain)
+                for budget in (budgets if trains else [None]):
+                    steps = None if budget == preset.train_steps else budget
+                    cell_options = replace(options, train_steps=steps)
+                    config = cell_config(registries, preset, cell_options, device, backbone, chain, seed,
+                                         dense_checkpoints[backbone], fid_weights)
+                    cells.append(CellSpec(backbone, chain, seed, config, steps))
+    return cells

@@ -15,12 +15,12 @@ from benchmark.errors import BenchmarkError
 from benchmark.grid.store import FINETUNE_CONTROL, REFERENCE_METHOD, SCHEMA_VERSION, CellStore, now_iso
 
 CELL_COLUMNS = [
-    "backbone", "method", "seed", "status", "fid", "fid_sd", "fid_to_dense", "fid_to_dense_sd", "params_m",
+    "backbone", "method", "budget", "seed", "status", "fid", "fid_sd", "fid_to_dense", "fid_to_dense_sd", "params_m",
     "macs_g", "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "latency_mode", "sparsity",
     "train_steps", "sample_steps", "fid_samples", "error",
 ]
 COLUMNS = [
-    "backbone", "method", "status", "seeds", "fid", "fid_low", "fid_high", "fid_std", "vs_reference",
+    "backbone", "method", "budget", "status", "seeds", "fid", "fid_low", "fid_high", "fid_std", "vs_reference",
     "fid_to_dense", "fid_to_dense_low", "fid_to_dense_high", "fid_to_dense_std", "params_m", "macs_g",
     "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "latency_mode", "sparsity", "train_steps",
     "sample_steps", "fid_samples", "error",
@@ -28,6 +28,7 @@ COLUMNS = [
 FID_COLUMNS = ["fid", "fid_to_dense"]  # headed with their shared sample count, e.g. fid@256, shown as mean ± 95%
 INTERVAL_COLUMNS = [f"{c}_{end}" for c in FID_COLUMNS for end in ("low", "high", "std")]  # csv/json only
 INTEGER_COLUMNS = ["train_steps", "seeds", "sample_steps", "fid_samples"]
+ROW = ["backbone", "method", "budget"]  # what makes a row: its cells differ only by seed
 LOWER_IS_BETTER = ["fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms"]
 HIGHER_IS_BETTER = ["speedup"]
 FORMATS = ("md", "csv", "json")
@@ -60,13 +61,16 @@ def split_superseded(cells: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
         config = cell.get("config") or {}
         return json.dumps([config.get("method_versions"), config.get("backbone_version")], sort_keys=True)
 
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    def row(cell: dict[str, Any]) -> tuple[str, str, Any]:
+        return cell["backbone"], cell["method"], cell.get("steps")
+
+    latest: dict[tuple[str, str, Any], dict[str, Any]] = {}
     for cell in cells:
-        key = (cell["backbone"], cell["method"])
+        key = row(cell)
         if key not in latest or str(cell.get("finished", "")) > str(latest[key].get("finished", "")):
             latest[key] = cell
     wanted = {key: versions(cell) for key, cell in latest.items()}
-    is_current = [versions(c) == wanted[c["backbone"], c["method"]] for c in cells]
+    is_current = [versions(c) == wanted[row(c)] for c in cells]
     return ([c for c, ok in zip(cells, is_current) if ok], [c for c, ok in zip(cells, is_current) if not ok])
 
 
@@ -79,16 +83,18 @@ def load_cells(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """
     cells = load_cell_rows(out_dir)
     ok = cells[cells["status"] == "ok"]
-    rows = [_aggregate(group) for _, group in ok.groupby(["backbone", "method"], sort=False)]
+    rows = [_aggregate(group) for _, group in ok.groupby(ROW, sort=False, dropna=False)]
     rows += [{**record, "seeds": 1} for record in cells[cells["status"] != "ok"].to_dict("records")]
     df = pd.DataFrame(rows, columns=COLUMNS)
     _mark_against_references(df, ok)
     for column in INTEGER_COLUMNS:
         df[column] = pd.to_numeric(df[column]).astype("Int64")
+    df["budget"] = pd.to_numeric(df["budget"]).astype("Int64")
     order = df.assign(
         _not_reference=df["method"] != REFERENCE_METHOD,
+        _budget=df["train_steps"].fillna(0),  # rows grouped by fine-tuning budget, those that train none first
         _failed=df["status"] != "ok",
-    ).sort_values(["backbone", "_not_reference", "_failed", "method"], kind="stable")
+    ).sort_values(["backbone", "_not_reference", "_failed", "_budget", "method"], kind="stable")
     result = df.loc[order.index].reset_index(drop=True)
     result.attrs["superseded"] = cells.attrs["superseded"]
     return result
@@ -108,6 +114,7 @@ def _row(cell: dict[str, Any]) -> dict[str, Any]:
         method=cell["method"],
         status=cell["status"],
         seed=cell.get("seed"),
+        budget=cell.get("steps"),
         error=cell.get("error"),
     )
     return row
@@ -136,14 +143,16 @@ def _aggregate(group: pd.DataFrame) -> dict[str, Any]:
 
 def _mark_against_references(df: pd.DataFrame, ok: pd.DataFrame) -> None:
     """Fill ``vs_reference``: e.g. ``▼ lower than dense-ft (p=0.003)``; ``reference`` on the dense rows."""
-    seeds = {key: group for key, group in ok.groupby(["backbone", "method"], sort=False)}
+    seeds = {_key(key): group for key, group in ok.groupby(ROW, sort=False, dropna=False)}
     df["vs_reference"] = df["vs_reference"].astype(object)
     for index, row in df[df["status"] == "ok"].iterrows():
         if row["method"] == REFERENCE_METHOD:
             df.at[index, "vs_reference"] = "reference"
             continue
         reference = reference_of(row["method"], row["train_steps"])
-        mine, theirs = seeds[row["backbone"], row["method"]], seeds.get((row["backbone"], reference))
+        budget = _key((row["budget"],))[0] if reference == FINETUNE_CONTROL else None  # dense-ft at the same budget
+        mine = seeds[_key((row["backbone"], row["method"], row["budget"]))]
+        theirs = seeds.get((row["backbone"], reference, budget))
         if theirs is None:
             df.at[index, "vs_reference"] = f"n/a (no {reference} row)"
             continue
@@ -155,6 +164,11 @@ def _mark_against_references(df: pd.DataFrame, ok: pd.DataFrame) -> None:
             if comparison.verdict != "tie"
             else f"{_MARKS['tie']} with {reference} (p={comparison.p_value:.2g})"
         )
+
+
+def _key(values: tuple) -> tuple:
+    """A row key with missing budgets (NaN, NA) as None, so that keys compare equal."""
+    return tuple(None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v for v in values)
 
 
 def _sds(group: pd.DataFrame) -> list[float]:
@@ -205,7 +219,8 @@ def _markdown(df: pd.DataFrame) -> str:
     table = df.copy()
     fid_samples = table.loc[table["status"] == "ok", "fid_samples"].dropna().unique()
     at = f"@{fid_samples[0]}" if len(fid_samples) == 1 else ""
-    shown = [c for c in COLUMNS if c not in INTERVAL_COLUMNS and not (c == "fid_samples" and len(fid_samples) == 1)]
+    shown = [c for c in COLUMNS if c not in INTERVAL_COLUMNS and c != "budget"  # train_steps shows it
+             and not (c == "fid_samples" and len(fid_samples) == 1)]
     if (table["status"] == "ok").all():
         shown.remove("error")
     headers = [_header(c, at) for c in shown]
