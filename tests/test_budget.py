@@ -84,3 +84,70 @@ def test_every_builtin_says_whether_it_trains_weights():
     registries = build_registries()
     trainers = {name for name in registries.methods.names() if registries.methods.get(name).trains_weights}
     assert trainers == set(registries.methods.names()) - {"dense", "uniform-skip", "dipgo"}
+
+
+def test_weight_training_cells_record_the_loss_right_after_pruning(budget_registries, tmp_path):
+    run(budget_registries, tmp_path, ["asp", "dense-ft", "uniform-skip"])
+    store = CellStore(tmp_path)
+    losses = {m: store.read("tiny-net", m, 0)["metrics"].get("loss_after_pruning") for m in ("asp", "dense-ft")}
+    assert all(isinstance(v, float) and v > 0 for v in losses.values()) and losses["asp"] != losses["dense-ft"]
+    assert "loss_after_pruning" not in store.read("tiny-net", "uniform-skip", 0)["metrics"]  # trains no weights
+    board = load_cells(tmp_path)
+    assert board.set_index("method").loc["asp", "loss_after_pruning"] == pytest.approx(losses["asp"])
+
+
+def test_measuring_the_loss_after_pruning_changes_no_other_number(budget_registries, tmp_path, monkeypatch):
+    from benchmark import training
+
+    run(budget_registries, tmp_path / "probed", ["asp", "sparsedm"])
+    monkeypatch.setattr(training, "probe_batch", lambda images, diffusion: None)
+    run(budget_registries, tmp_path / "plain", ["asp", "sparsedm"])
+    for method in ("asp", "sparsedm"):
+        probed, plain = (CellStore(tmp_path / d).read("tiny-net", method, 0)["metrics"] for d in ("probed", "plain"))
+        assert "loss_after_pruning" in probed and "loss_after_pruning" not in plain
+        assert probed["fid"] == plain["fid"] and probed["sparsity"] == plain["sparsity"]
+
+
+def test_the_probe_batch_is_fixed_by_the_data_set():
+    import torch
+
+    from benchmark.diffusion import Diffusion
+    from benchmark.training import PROBE_IMAGES, probe_batch
+
+    images = torch.randint(0, 256, (100, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    diffusion = Diffusion((1, 8, 8), 4)
+    first, again = probe_batch(images, diffusion), probe_batch(images, diffusion)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    x_t, t, noise = first
+    assert x_t.shape == (PROBE_IMAGES, 1, 8, 8) and t.min() == 0 and t.max() == diffusion.num_train_timesteps - 1
+
+
+def test_scratch_trains_the_pruned_architecture_from_a_random_init(budget_registries, tmp_path):
+    from methods.scratch import Scratch
+    from benchmark.grid.plan import expand_methods
+
+    budget_registries.methods.add(Scratch(), "tests")
+    assert "scratch" not in expand_methods(budget_registries.methods, "all")  # a control: run when named
+    run(budget_registries, tmp_path, ["l1-channel", "scratch"])
+    store = CellStore(tmp_path)
+    pruned, scratch = (store.read("tiny-net", m, 0) for m in ("l1-channel", "scratch"))
+    assert scratch["status"] == "ok" and scratch["info"]["scratch"]["initialisation"].startswith("random")
+    assert scratch["metrics"]["params_m"] == pruned["metrics"]["params_m"]  # the same architecture
+    assert scratch["metrics"]["macs_g"] == pruned["metrics"]["macs_g"]
+    # the same architecture but not the same weights: a random start is further from the data
+    assert scratch["metrics"]["loss_after_pruning"] != pruned["metrics"]["loss_after_pruning"]
+
+
+def test_reinitialise_as_built_slices_a_fresh_model():
+    import torch
+
+    from benchmark.structural import reinitialise_as_built
+    from test_harness import TinyBackbone, TinyNet
+
+    backbone = TinyBackbone()
+    narrow = TinyNet(UNIT.channels, width=4)
+    reinitialise_as_built(narrow, backbone, UNIT, seed=3)
+    torch.manual_seed(3)
+    fresh = backbone.build(UNIT)
+    assert torch.equal(narrow.stem.weight, fresh.stem.weight[:4])
+    assert torch.equal(narrow.head.weight, fresh.head.weight[:, :4])

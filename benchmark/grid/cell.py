@@ -122,7 +122,7 @@ def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, 
     stem = cell_stem(*spec.key)
 
     with _timed(timings, "prune"):
-        state = _prune(spec, shared, backbone, dense, info)
+        state = _prune(spec, shared, backbone, dense, info, metrics)
         if state.masks or state.pattern is not None:
             from benchmark.sparsity import tensors_digest, validate_nm
 
@@ -147,7 +147,8 @@ def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, 
 
 
 def _prune(
-    spec: CellSpec, shared: Shared, backbone: Backbone, dense: nn.Module, info: dict[str, Any]
+    spec: CellSpec, shared: Shared, backbone: Backbone, dense: nn.Module, info: dict[str, Any],
+    metrics: dict[str, Any],
 ) -> Pruned:
     from benchmark.data import load_dataset
     from benchmark.pruning import apply_chain, method_context
@@ -157,7 +158,9 @@ def _prune(
         backbone, shared.preset, shared.options, dense, load_dataset(shared.preset.dataset), spec.seed, shared.device,
         spec.steps or shared.options.train_steps or shared.preset.train_steps, shared.progress,
     )
-    return apply_chain(shared.registries, spec.chain, ctx, dense, info)[0]
+    state = apply_chain(shared.registries, spec.chain, ctx, dense, info)[0]
+    metrics.update(ctx.measured)  # the loss right after pruning, where the chain trained weights
+    return state
 
 
 def _keep_architecture(dense: nn.Module, model: nn.Module, relative: str, result: CellResult) -> None:

@@ -96,7 +96,8 @@ def part_options(registry: Registry[Method], part: str, options: RunOptions) -> 
 
 
 def expand_methods(registry: Registry[Method], spec: str) -> list[str]:
-    """Expand ``--methods``: a comma list of names and ``a+b`` chains; ``all`` is every method, dense first.
+    """Expand ``--methods``: a comma list of names and ``a+b`` chains; ``all`` is every method but the controls
+    that say so (:attr:`benchmark.api.Method.in_all`), dense first.
 
     A part may set its method's operating point, ``dipgo@0.3`` (see :attr:`benchmark.api.Method.knob`).
     Every part of every chain must be registered; duplicates are dropped, the order is kept.
@@ -104,7 +105,7 @@ def expand_methods(registry: Registry[Method], spec: str) -> list[str]:
     expanded: list[str] = []
     for item in (s.strip() for s in spec.split(",")):
         if item == "all":
-            names = registry.names()
+            names = [name for name in registry.names() if registry.get(name).in_all]
             candidates = sorted(names, key=lambda name: name != REFERENCE_METHOD)
         elif item:
             candidates = [CHAIN_SEPARATOR.join(canonical_part(registry, part) for part in split_chain(item))]

@@ -17,17 +17,18 @@ from benchmark.grid.store import FINETUNE_CONTROL, REFERENCE_METHOD, SCHEMA_VERS
 CELL_COLUMNS = [
     "backbone", "method", "budget", "seed", "status", "fid", "fid_sd", "fid_to_dense", "fid_to_dense_sd", "params_m",
     "macs_g", "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "latency_mode", "sparsity",
-    "train_steps", "sample_steps", "fid_samples", "error",
+    "train_steps", "sample_steps", "fid_samples", "loss_after_pruning", "error",
 ]
 COLUMNS = [
     "backbone", "method", "budget", "status", "seeds", "fid", "fid_low", "fid_high", "fid_std", "vs_reference",
     "fid_to_dense", "fid_to_dense_low", "fid_to_dense_high", "fid_to_dense_std", "params_m", "macs_g",
     "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "latency_mode", "sparsity", "train_steps",
-    "sample_steps", "fid_samples", "error",
+    "sample_steps", "fid_samples", "loss_after_pruning", "error",
 ]
 FID_COLUMNS = ["fid", "fid_to_dense"]  # headed with their shared sample count, e.g. fid@256, shown as mean ± 95%
 INTERVAL_COLUMNS = [f"{c}_{end}" for c in FID_COLUMNS for end in ("low", "high", "std")]  # csv/json only
 INTEGER_COLUMNS = ["train_steps", "seeds", "sample_steps", "fid_samples"]
+CSV_ONLY = ["budget", "loss_after_pruning"]  # in csv/json; the markdown table shows train_steps instead of budget
 ROW = ["backbone", "method", "budget"]  # what makes a row: its cells differ only by seed
 LOWER_IS_BETTER = ["fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms"]
 HIGHER_IS_BETTER = ["speedup"]
@@ -135,7 +136,8 @@ def _aggregate(group: pd.DataFrame) -> dict[str, Any]:
         row.update({metric: summary.mean, f"{metric}_std": summary.std})
         if any(math.isfinite(sd) for sd in sds):  # cells of schema 1 carry no bootstrap
             row.update({f"{metric}_low": summary.low, f"{metric}_high": summary.high})
-    for column in ("params_m", "macs_g", "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "sparsity"):
+    for column in ("params_m", "macs_g", "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "sparsity",
+                   "loss_after_pruning"):
         numbers = pd.to_numeric(group[column], errors="coerce")
         row[column] = float(numbers.mean()) if numbers.notna().all() else first[column]  # text such as "n/a"
     return row
@@ -219,7 +221,7 @@ def _markdown(df: pd.DataFrame) -> str:
     table = df.copy()
     fid_samples = table.loc[table["status"] == "ok", "fid_samples"].dropna().unique()
     at = f"@{fid_samples[0]}" if len(fid_samples) == 1 else ""
-    shown = [c for c in COLUMNS if c not in INTERVAL_COLUMNS and c != "budget"  # train_steps shows it
+    shown = [c for c in COLUMNS if c not in INTERVAL_COLUMNS and c not in CSV_ONLY
              and not (c == "fid_samples" and len(fid_samples) == 1)]
     if (table["status"] == "ok").all():
         shown.remove("error")

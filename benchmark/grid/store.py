@@ -35,7 +35,9 @@ Cell schema, version 3 (``"schema": 3``)::
                  dense model and the row's, timed that way; text such as "n/a (needs CUDA sm80+)"
                  where they could not be), speedup (their ratio, or that text), sparsity (share of
                  the dense parameters removed or exactly zero, measured on the model),
-                 masked_sparsity (N:M rows: zeros in the masked layers), train_steps, sample_steps,
+                 masked_sparsity (N:M rows: zeros in the masked layers), loss_after_pruning (chains
+                 that train weights: the noise-prediction MSE on a fixed batch of the data set when
+                 fine-tuning began, :func:`benchmark.training.probe_batch`), train_steps, sample_steps,
                  sampler; a failed cell has the ones measured before it failed
     info         what each method of the chain reported ({method: Pruned.info})
     latency_report  null, or the 2:4 kernel timing report (per layer) where one was measured
