@@ -151,3 +151,48 @@ def test_reinitialise_as_built_slices_a_fresh_model():
     fresh = backbone.build(UNIT)
     assert torch.equal(narrow.stem.weight, fresh.stem.weight[:4])
     assert torch.equal(narrow.head.weight, fresh.head.weight[:, :4])
+
+
+def _seeds(method: str, steps: int, fids: list[float], loss: float) -> list[dict]:
+    return [{"backbone": "b", "method": method, "status": "ok", "seed": s, "train_steps": steps, "fid": f,
+             "fid_sd": 0.5, "loss_after_pruning": loss} for s, f in enumerate(fids)]
+
+
+def test_ranks_share_a_place_where_rows_cannot_be_told_apart():
+    import pandas as pd
+
+    from benchmark.grid import budgets
+
+    cells = pd.DataFrame(_seeds("a", 10, [10.0, 10.2, 9.9], 1.0) + _seeds("b", 10, [10.1, 9.8, 10.3], 2.0)
+                         + _seeds("c", 10, [20.0, 20.5, 19.7], 3.0))
+    groups = {m: g for m, g in cells.groupby("method")}
+    assert budgets.ranks(groups) == {"a": 1, "b": 1, "c": 3}  # a and b tie; both beat c
+
+
+def test_budget_table_names_flipped_pairs_and_the_tau_against_the_largest_budget():
+    import pandas as pd
+
+    from benchmark.grid import budgets
+
+    rows = (_seeds("a", 10, [10.0, 10.1, 9.9], 1.0) + _seeds("b", 10, [20.0, 20.1, 19.9], 2.0)
+            + _seeds("c", 10, [30.0, 30.2, 29.8], 3.0)
+            + _seeds("a", 100, [25.0, 25.1, 24.9], 1.0) + _seeds("b", 100, [15.0, 15.1, 14.9], 2.0)
+            + _seeds("c", 100, [5.0, 5.2, 4.8], 3.0))
+    entry = budgets.budget_table(pd.DataFrame(rows))["b"]
+    assert entry["budgets"] == [10, 100]
+    assert entry["ranks"][10] == {"a": 1, "b": 2, "c": 3} and entry["ranks"][100] == {"a": 3, "b": 2, "c": 1}
+    assert entry["tau"][10] == (pytest.approx(-1.0), 3)
+    assert sorted(entry["swaps"][10]) == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert entry["loss_vs_fid"][10] == (pytest.approx(1.0), 3) and entry["loss_vs_fid"][100][0] == pytest.approx(-1.0)
+    text = budgets.render({"b": entry})
+    assert "| a | 10.00 (1) | 25.00 (3) |" in text and "10 steps vs 100: tau -1.00 over 3 rows; same ranks: no" in text
+
+
+def test_a_run_with_several_budgets_publishes_curves_and_rankings(budget_registries, tmp_path):
+    run(budget_registries, tmp_path, ["asp", "dense-ft"], BUDGETS)
+    assert (tmp_path / "budget_curves.png").stat().st_size > 0
+    text = (tmp_path / "budgets.md").read_text()
+    assert "## tiny-net" in text and "| 2 steps | 3 steps |" in text
+    single = tmp_path / "single"
+    run(budget_registries, single, ["asp"])
+    assert not (single / "budgets.md").exists() and not (single / "budget_curves.png").exists()

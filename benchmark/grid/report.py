@@ -12,6 +12,7 @@ from tabulate import tabulate
 
 from benchmark import __version__, significance
 from benchmark.errors import BenchmarkError
+from benchmark.grid import budgets
 from benchmark.grid.store import FINETUNE_CONTROL, REFERENCE_METHOD, SCHEMA_VERSION, CellStore, now_iso
 
 CELL_COLUMNS = [
@@ -198,12 +199,18 @@ def write_leaderboard(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
 
 
 def publish(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Rewrite the leaderboard files and the Pareto plots from ``out_dir``'s cells; the table paths by format."""
+    """Rewrite the leaderboard files and the Pareto plots from ``out_dir``'s cells, and with several fine-tuning
+    budgets ``budgets.md`` and ``budget_curves.png``; the table paths by format."""
     from benchmark import plots
 
     df = load_cells(out_dir)
     paths = _write_tables(df, out_dir)
     plots.pareto_plots(df, out_dir)
+    table = budgets.budget_table(load_cell_rows(out_dir))
+    if table:  # a run with several fine-tuning budgets: curves and rankings per budget beside the table
+        plots.budget_curves(df, out_dir)
+        paths["budgets"] = Path(out_dir) / "budgets.md"
+        paths["budgets"].write_text(budgets.render(table) + "\n", encoding="utf-8")
     return paths
 
 
