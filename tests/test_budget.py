@@ -196,3 +196,14 @@ def test_a_run_with_several_budgets_publishes_curves_and_rankings(budget_registr
     single = tmp_path / "single"
     run(budget_registries, single, ["asp"])
     assert not (single / "budgets.md").exists() and not (single / "budget_curves.png").exists()
+
+
+def test_within_a_seed_larger_budgets_start_first(budget_registries):
+    from benchmark.grid.plan import parse_request, plan_grid
+
+    chains = parse_request(budget_registries, ["asp", "uniform-skip"], ["tiny-net"], [0, 1])
+    cells = plan_grid(budget_registries, chains, ["tiny-net"], UNIT, RunOptions(), [0, 1], "cpu",
+                      {"tiny-net": "x"}, "w", [2, 30])
+    order = [(c.seed, c.method, c.steps) for c in cells]
+    assert order[:4] == [(0, "asp", 30), (0, "dense", None), (0, "asp", None), (0, "uniform-skip", None)]
+    assert [seed for seed, _, _ in order] == [0] * 4 + [1] * 4  # seeds stay one after another

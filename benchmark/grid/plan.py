@@ -1,9 +1,9 @@
-"""Planning: the requested grid becomes one :class:`CellSpec` per (seed, backbone, method), each with the
-configuration that decides its numbers and that configuration's hash.
+"""Planning: the requested grid becomes one :class:`CellSpec` per (seed, backbone, method, budget), each with
+the configuration that decides its numbers and that configuration's hash.
 
 Methods are names, ``a+b`` chains and ``name@value`` operating points (a method's knob set to
-``value``). Every backbone gets its ``dense`` reference cell for every seed; within a seed the dense
-cell comes first, since the other cells compare their samples with its samples.
+``value``). Every backbone gets its ``dense`` reference cell for every seed; the other cells of the seed
+compare their samples with its samples.
 """
 from __future__ import annotations
 
@@ -158,7 +158,9 @@ def plan_grid(
     seeds: list[int], device: str, dense_checkpoints: dict[str, str], fid_weights: str,
     budgets: list[int] | None = None,
 ) -> list[CellSpec]:
-    """Every cell of the grid, seed-major, each backbone's dense reference first, duplicates once.
+    """Every cell of the grid once, seed-major; within a seed, larger fine-tuning budgets first, then each
+    backbone's dense reference before its other cells (executors start a cell whose dense cell is still to
+    come only after it: :class:`benchmark.grid.execute.CellQueue`).
 
     ``dense_checkpoints`` identifies each backbone's starting checkpoint by content. ``budgets`` (fine-tuning
     steps; default: ``options.train_steps``, else the preset's) gives a chain that trains weights one cell per
@@ -182,4 +184,5 @@ def plan_grid(
                     config = cell_config(registries, preset, cell_options, device, backbone, chain, seed,
                                          dense_checkpoints[backbone], fid_weights)
                     cells.append(CellSpec(backbone, chain, seed, config, steps))
-    return cells
+    # within a seed, larger budgets first (a stable sort): the long cells start early and short ones fill the tail
+    return sorted(cells, key=lambda c: (seeds.index(c.seed), -(c.steps or preset.train_steps)))
