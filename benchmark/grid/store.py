@@ -122,6 +122,13 @@ LEASE_SECONDS = 600.0  # a claim not renewed for this long is taken over, from a
 RENEW_SECONDS = 60.0  # how often a driver renews the claims of the cells it is computing
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back; no file is created in between)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def _read_text(path: Path) -> str | None:
     try:
         return path.read_text().strip()
@@ -189,6 +196,7 @@ class CellStore:
         except OSError as e:
             raise self._unwritable(e) from None
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would keep the results from colleagues
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
