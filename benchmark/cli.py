@@ -1,4 +1,5 @@
-"""The command line: ``python -m benchmark {list,run,leaderboard,train-dense,prune,dipgo-convergence,latency}``.
+"""The command line: ``python -m benchmark {list,run,leaderboard,compare,rerun-diff,train-dense,prune,
+dipgo-convergence,latency}``.
 
 Mistakes in the input (unknown names, malformed values, unwritable paths, missing CUDA) end with one
 ``error: ...`` line on stderr and exit code 2; a run in which some cell failed exits with 1.
@@ -188,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_options(prune)
     prune.set_defaults(handler=prune_command)
 
+    compare = command("compare", "test two rows of a run against each other per backbone (Welch's t over seeds, "
+                               "ties marked), or with --claims the comparisons the papers claim")
+    compare.add_argument("run_dir", type=Path, metavar="DIR")
+    compare.add_argument("rows", nargs="*", metavar="METHOD", help="two rows (methods as the leaderboard names them)")
+    compare.add_argument("--claims", action="store_true",
+                         help="the papers' claims on FID and fid_to_dense, then the equal-latency comparisons")
+    compare.add_argument("--metric", default="fid", choices=["fid", "fid_to_dense"], help="default: fid")
+    compare.set_defaults(handler=compare_command)
+
+    rerun = command("rerun-diff", "two runs side by side: how far a rerun moved each FID and speedup (cells with "
+                                  "equal config hashes)")
+    rerun.add_argument("first", type=Path, metavar="DIR")
+    rerun.add_argument("second", type=Path, metavar="DIR")
+    rerun.set_defaults(handler=rerun_diff_command)
+
     convergence = command("dipgo-convergence", "train DiP-GO's pruner on each backbone's dense reference and show when "
                                                "its learned schedules stop changing")
     convergence.add_argument("--backbones", default="all", metavar="LIST", help="'all' or a comma list (default: all)")
@@ -371,6 +387,32 @@ def prune_command(args: argparse.Namespace) -> int:
         preset = dataclasses.replace(preset, batch_size=args.batch_size)
     return prune(registries, args.method, args.backbone, preset, method_options(args), args.checkpoint, args.seed,
                  args.device, args.out, as_json=args.json, progress=not args.quiet)
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from benchmark import compare
+
+    cells = compare.ok_cells(args.run_dir)
+    if args.claims:
+        if args.rows:
+            raise BenchmarkError("give two rows or --claims, not both")
+        print(compare.pairs_table(cells, compare.CLAIMS, ["fid", "fid_to_dense"]))
+        print(compare.equal_latency(cells))
+        return 0
+    if len(args.rows) != 2:
+        raise BenchmarkError(f"compare needs two rows or --claims, got {len(args.rows)} row(s)")
+    missing = [m for m in args.rows if m not in set(cells["method"])]
+    if missing:
+        raise BenchmarkError(f"no ok row {missing[0]!r} in {args.run_dir}; rows: {', '.join(sorted(set(cells['method'])))}")
+    print(compare.pairs_table(cells, [("", *args.rows)], [args.metric]))
+    return 0
+
+
+def rerun_diff_command(args: argparse.Namespace) -> int:
+    from benchmark import compare
+
+    print(compare.rerun_diff(args.first, args.second))
+    return 0
 
 
 def dipgo_convergence_command(args: argparse.Namespace) -> int:
