@@ -329,10 +329,13 @@ def run_seeds(args: argparse.Namespace) -> list[int]:
 
 
 def parse_checkpoints(specs: list[str], backbones: list[str]) -> dict[str, str]:
-    """``["uvit=path.pt", ...]`` -> ``{"uvit": "path.pt"}``, checking names and that each path exists.
+    """``["uvit=path.pt", "ddpm=google/ddpm-cifar10-32", ...]`` -> ``{"uvit": "path.pt", "ddpm": "<its snapshot>"}``,
+    checking names and that each path exists or each Hub id is in (or downloads into) the Hugging Face cache.
 
     Whether the file (or diffusers directory) fits the backbone is checked when the run loads it.
     """
+    from benchmark.checkpoints import resolve_checkpoint
+
     checkpoints: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -341,9 +344,10 @@ def parse_checkpoints(specs: list[str], backbones: list[str]) -> dict[str, str]:
             raise BenchmarkError(f"malformed --checkpoint {spec!r}: write it as BACKBONE=PATH")
         if name not in backbones:
             raise BenchmarkError(f"--checkpoint for unknown backbone {name!r}; available: {', '.join(backbones)}")
-        if not Path(path).expanduser().exists():
-            raise BenchmarkError(f"--checkpoint {name}: no such file or directory {path}")
-        checkpoints[name] = path
+        try:
+            checkpoints[name] = str(resolve_checkpoint(path))
+        except BenchmarkError as e:
+            raise BenchmarkError(f"--checkpoint {name}: {e}") from None
     return checkpoints
 
 
