@@ -152,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
     run.set_defaults(handler=run_command)
 
-    board = command("leaderboard", "print a run's leaderboard; (re)write leaderboard.{md,csv,json} and its plots")
+    board = command("leaderboard", "print a run's leaderboard; (re)write leaderboard.{md,csv,json,html} and its plots")
     board.add_argument("run_dir", type=Path, metavar="DIR")
-    board.add_argument("--format", default="md", choices=["md", "csv", "json"], help="what to print (default: md)")
+    board.add_argument("--format", default="md", choices=["md", "csv", "json", "html"],
+                       help="what to print (default: md); every format is written beside the cells")
     board.set_defaults(handler=leaderboard_command)
 
     dense = command("train-dense", "train a dense starting checkpoint (by default where `run` looks for it)")

@@ -230,11 +230,11 @@ class TestLeaderboard:
 
     def test_write_leaderboard(self, run_dir):
         paths = write_leaderboard(run_dir)
-        assert sorted(paths) == ["csv", "json", "md"]
+        assert sorted(paths) == ["csv", "html", "json", "md"]
         assert all(p.parent == run_dir and p.stat().st_size > 0 for p in paths.values())
 
     def test_publish_rewrites_the_plots_too(self, run_dir):
-        assert publish(run_dir) == {fmt: run_dir / f"leaderboard.{fmt}" for fmt in ("md", "csv", "json")}
+        assert publish(run_dir) == {fmt: run_dir / f"leaderboard.{fmt}" for fmt in ("md", "csv", "json", "html")}
         assert all((run_dir / f"pareto_fid_vs_{x}.png").stat().st_size > 0 for x in ("macs", "latency"))
 
     def test_empty_run_dir(self, tmp_path):

@@ -33,7 +33,7 @@ CSV_ONLY = ["budget", "loss_after_pruning"]  # in csv/json; the markdown table s
 ROW = ["backbone", "method", "budget"]  # what makes a row: its cells differ only by seed
 LOWER_IS_BETTER = ["fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms"]
 HIGHER_IS_BETTER = ["speedup"]
-FORMATS = ("md", "csv", "json")
+FORMATS = ("md", "csv", "json", "html")
 _DECIMALS = {"fid": 2, "fid_to_dense": 2, "speedup": 2, "sparsity": 3}
 _ERROR_WIDTH = 60
 _MARKS = {"lower": "▼ lower", "higher": "▲ higher", "tie": "= tie"}
@@ -178,8 +178,15 @@ def _sds(group: pd.DataFrame) -> list[float]:
     return pd.to_numeric(group["fid_sd"], errors="coerce").fillna(0.0).tolist()
 
 
-def render(df: pd.DataFrame, fmt: str) -> str:
-    """The leaderboard as Markdown (``md``), CSV or JSON text."""
+def render(df: pd.DataFrame, fmt: str, out_dir: str | os.PathLike[str] | None = None) -> str:
+    """The leaderboard as Markdown (``md``), CSV, JSON or a self-contained HTML page (``html``, which inlines the
+    plots and links the sample grids found in ``out_dir``)."""
+    if fmt == "html":
+        from benchmark.grid import page
+
+        shown, headers = _shown(df)
+        cells = load_cell_rows(out_dir) if out_dir is not None else pd.DataFrame(columns=CELL_COLUMNS)
+        return page.render_page(df, cells, out_dir or ".", shown, headers, cell_text)
     if fmt == "md":
         return _markdown(df)
     if fmt == "csv":
@@ -194,7 +201,7 @@ def render(df: pd.DataFrame, fmt: str) -> str:
 
 
 def write_leaderboard(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write ``leaderboard.{md,csv,json}`` into ``out_dir``; returns the paths by format."""
+    """Write ``leaderboard.{md,csv,json,html}`` into ``out_dir``; returns the paths by format."""
     return _write_tables(load_cells(out_dir), out_dir)
 
 
@@ -204,11 +211,12 @@ def publish(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     from benchmark import plots
 
     df = load_cells(out_dir)
-    paths = _write_tables(df, out_dir)
     plots.pareto_plots(df, out_dir)
     table = budgets.budget_table(load_cell_rows(out_dir))
     if table:  # a run with several fine-tuning budgets: curves and rankings per budget beside the table
         plots.budget_curves(df, out_dir)
+    paths = _write_tables(df, out_dir)  # after the plots: the html page inlines them
+    if table:
         paths["budgets"] = Path(out_dir) / "budgets.md"
         paths["budgets"].write_text(budgets.render(table) + "\n", encoding="utf-8")
     return paths
@@ -218,25 +226,34 @@ def _write_tables(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> dict[str
     paths = {fmt: Path(out_dir) / f"leaderboard.{fmt}" for fmt in FORMATS}
     try:
         for fmt, path in paths.items():
-            path.write_text(render(df, fmt), encoding="utf-8")
+            path.write_text(render(df, fmt, out_dir), encoding="utf-8")
     except OSError as e:
         raise BenchmarkError(f"cannot write the leaderboard to {out_dir}: {e.strerror or e}") from None
     return paths
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    table = df.copy()
-    fid_samples = table.loc[table["status"] == "ok", "fid_samples"].dropna().unique()
+def _shown(df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The columns the md and html tables show, and their headers."""
+    fid_samples = df.loc[df["status"] == "ok", "fid_samples"].dropna().unique()
     at = f"@{fid_samples[0]}" if len(fid_samples) == 1 else ""
     shown = [c for c in COLUMNS if c not in INTERVAL_COLUMNS and c not in CSV_ONLY
              and not (c == "fid_samples" and len(fid_samples) == 1)]
-    if (table["status"] == "ok").all():
+    if (df["status"] == "ok").all():
         shown.remove("error")
-    headers = [_header(c, at) for c in shown]
+    return shown, [_header(c, at) for c in shown]
+
+
+def cell_text(column: str, record: dict[str, Any]) -> str:
+    """A table cell as the md and html tables show it."""
+    return _interval(column, record) if column in FID_COLUMNS else _cell(column, record[column])
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    shown, headers = _shown(df)
     rows = []
     previous_backbone = None
-    for record in table.to_dict("records"):
-        cells = [_interval(c, record) if c in FID_COLUMNS else _cell(c, record[c]) for c in shown]
+    for record in df.to_dict("records"):
+        cells = [cell_text(c, record) for c in shown]
         if record["backbone"] == previous_backbone:
             cells[0] = ""  # group rows under their backbone
         previous_backbone = record["backbone"]
