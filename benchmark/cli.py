@@ -1,5 +1,5 @@
-"""The command line: ``python -m benchmark {list,run,leaderboard,compare,rerun-diff,train-dense,prune,
-dipgo-convergence,latency}``.
+"""The command line: ``python -m benchmark {list,run,leaderboard,compare,rerun-diff,check-dense,train-dense,
+prune,dipgo-convergence,latency}``.
 
 Mistakes in the input (unknown names, malformed values, unwritable paths, missing CUDA) end with one
 ``error: ...`` line on stderr and exit code 2; a run in which some cell failed exits with 1.
@@ -198,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the papers' claims on FID and fid_to_dense, then the equal-latency comparisons")
     compare.add_argument("--metric", default="fid", choices=["fid", "fid_to_dense"], help="default: fid")
     compare.set_defaults(handler=compare_command)
+
+    dense_check = command("check-dense", "is a dense reference converged? FID must not worsen with more DDIM steps "
+                                          "and stay within 2x the real-vs-real floor")
+    dense_check.add_argument("--backbones", default="all", metavar="LIST", help="'all' or a comma list (default: all)")
+    dense_check.add_argument("--preset", default="tiny", choices=list(PRESETS), help="default: tiny")
+    dense_check.add_argument("--steps", type=batch_sizes, default=[20, 50, 100], metavar="LIST",
+                             help="DDIM step counts (default: 20,50,100)")
+    dense_check.add_argument("--samples", type=positive_int, metavar="N", help="images per FID (default: the preset's)")
+    dense_check.add_argument("--seed", type=seed_int, default=7,
+                             help="sampling noise and bootstrap seed; pick one no published run used (default: 7)")
+    dense_check.add_argument("--checkpoint", action="append", default=[], metavar="BACKBONE=PATH|HUB_ID")
+    dense_check.add_argument("--grids", type=Path, metavar="DIR", help="write each backbone's sample grid here")
+    dense_check.set_defaults(handler=check_dense_command)
 
     rerun = command("rerun-diff", "two runs side by side: how far a rerun moved each FID and speedup (cells with "
                                   "equal config hashes)")
@@ -410,6 +423,32 @@ def compare_command(args: argparse.Namespace) -> int:
     if missing:
         raise BenchmarkError(f"no ok row {missing[0]!r} in {args.run_dir}; rows: {', '.join(sorted(set(cells['method'])))}")
     print(compare.pairs_table(cells, [("", *args.rows)], [args.metric]))
+    return 0
+
+
+def check_dense_command(args: argparse.Namespace) -> int:
+    from benchmark import checkpoints, convergence
+    from benchmark.data import load_dataset
+    from benchmark.metrics import fid
+    from benchmark.plugins import build_registries
+
+    registries = build_registries()
+    preset = get_preset(args.preset)
+    backbones = registries.backbones.select(args.backbones)
+    options = RunOptions(checkpoints=parse_checkpoints(args.checkpoint, registries.backbones.names()))
+    n = args.samples or preset.fid_samples
+    scorer = fid.FIDScorer("cpu", progress=False)
+    images = load_dataset(preset.dataset)
+    real = fid.reference_features(preset.dataset, n, lambda: images, scorer)
+    floor = fid.bootstrap_fid(scorer.features(fid.reference_images(preset.dataset, n, lambda: images, offset=n)), real,
+                              seed=args.seed)
+    rows = []
+    for name in backbones:
+        backbone = registries.backbones.get(name)
+        path = checkpoints.dense_checkpoint(backbone, preset, options, "cpu", progress=False)
+        rows.append(convergence.check(backbone, preset, path, sorted(args.steps), real, floor, scorer, args.seed,
+                                      args.grids))
+    print(convergence.render(rows, floor, n, args.seed))
     return 0
 
 
