@@ -266,6 +266,9 @@ class MethodContext:
     seed: int
     device: torch.device
     progress: bool = True
+    probe: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # fixed (x_t, t, noise) of the data set
+    measured: dict[str, float] = field(default_factory=dict)  # what the shared training loop measured, e.g.
+    # loss_after_pruning: the probe's loss when the first training step of the cell began
 
 
 class Method(abc.ABC):
@@ -274,6 +277,11 @@ class Method(abc.ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     description: ClassVar[str] = ""
+    trains_weights: ClassVar[bool] = True
+    """Whether the method fine-tunes weights with the run's budget (``ctx.train_steps``). One that does not
+    (the dense reference, skip schedules) runs once and serves every budget of a ``--train-steps`` list."""
+    in_all: ClassVar[bool] = True
+    """Whether ``--methods all`` includes it; controls such as ``scratch`` run when named."""
     knob: ClassVar[str | None] = None
     """The :data:`KNOBS` option that sets this method's operating point: ``name@value`` runs it with that
     option at ``value`` (``dipgo@0.3``, ``asp@1:4``); None if it has none."""

@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -74,6 +75,38 @@ def load_dense(backbone: Backbone, preset: Preset, path: Path, device: torch.dev
     model = backbone.build(preset)
     backbone.load_checkpoint(model, str(path))
     return model.to(device).eval()
+
+
+HUB_ID = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?(?::(?P<subfolder>[\w./-]+))?$")
+
+
+def resolve_checkpoint(spec: str) -> Path:
+    """A local file or directory, or a Hugging Face Hub id ``ORG/NAME[@REVISION][:SUBFOLDER]`` (e.g.
+    ``facebook/DiT-XL-2-256:transformer``) resolved through ``huggingface_hub``'s cache (downloaded unless
+    the Hub is offline); :class:`BenchmarkError` with one line naming the id and how to get it otherwise."""
+    local = Path(spec).expanduser()
+    if local.exists():
+        return local
+    match = HUB_ID.match(spec)
+    if match is None:
+        raise BenchmarkError(f"no such file or directory {spec} (nor a Hub id ORG/NAME[@REVISION][:SUBFOLDER])")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo, revision, subfolder = match["repo"], match["revision"], match["subfolder"]
+    patterns = [f"{subfolder}/*"] if subfolder else None
+    try:
+        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        raise BenchmarkError(
+            f"Hub id {spec} is not in the Hugging Face cache and cannot be downloaded ({reason}); with internet run "
+            f"`huggingface-cli download {repo}{f' --revision {revision}' if revision else ''}`, or give a local path"
+        ) from None
+    path = folder / subfolder if subfolder else folder
+    if not path.exists():
+        raise BenchmarkError(f"Hub id {spec}: the snapshot of {repo} has no folder {subfolder!r}")
+    return path
 
 
 def checkpoint_id(path: Path) -> str:

@@ -1,4 +1,5 @@
-"""The command line: ``python -m benchmark {list,run,leaderboard,train-dense,prune,dipgo-convergence,latency}``.
+"""The command line: ``python -m benchmark {list,run,leaderboard,compare,rerun-diff,check-dense,train-dense,
+prune,dipgo-convergence,latency}``.
 
 Mistakes in the input (unknown names, malformed values, unwritable paths, missing CUDA) end with one
 ``error: ...`` line on stderr and exit code 2; a run in which some cell failed exits with 1.
@@ -81,6 +82,13 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+def step_list(text: str) -> list[int]:
+    steps = [positive_int(part.strip()) for part in text.split(",")]
+    if len(set(steps)) != len(steps):
+        raise argparse.ArgumentTypeError(f"budgets must be distinct, got {text}")
+    return steps
+
+
 def batch_sizes(text: str) -> list[int]:
     return [positive_int(part.strip()) for part in text.split(",")]
 
@@ -125,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
     add_method_options(run)
     run.add_argument("--fid-samples", type=positive_int, metavar="N", help="images per FID (default: the preset's)")
-    run.add_argument("--train-steps", type=positive_int, metavar="N",
-                     help="training steps per method (default: the preset's)")
+    run.add_argument("--train-steps", type=step_list, metavar="LIST",
+                     help="fine-tuning steps per weight-training method, or a comma list of budgets, each its own "
+                          "cell, e.g. 300,1000,3000; methods that train no weights run once (default: the preset's)")
     run.add_argument("--sample-steps", type=positive_int, metavar="N",
                      help="DDIM steps per image, for FID, latency and block schedules (default: the preset's)")
     run.add_argument("--checkpoint", action="append", default=[], metavar="BACKBONE=PATH",
@@ -143,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
     run.set_defaults(handler=run_command)
 
-    board = command("leaderboard", "print a run's leaderboard; (re)write leaderboard.{md,csv,json} and its plots")
+    board = command("leaderboard", "print a run's leaderboard; (re)write leaderboard.{md,csv,json,html} and its plots")
     board.add_argument("run_dir", type=Path, metavar="DIR")
-    board.add_argument("--format", default="md", choices=["md", "csv", "json"], help="what to print (default: md)")
+    board.add_argument("--format", default="md", choices=["md", "csv", "json", "html"],
+                       help="what to print (default: md); every format is written beside the cells")
     board.set_defaults(handler=leaderboard_command)
 
     dense = command("train-dense", "train a dense starting checkpoint (by default where `run` looks for it)")
@@ -179,6 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
     add_method_options(prune)
     prune.set_defaults(handler=prune_command)
+
+    compare = command("compare", "test two rows of a run against each other per backbone (Welch's t over seeds, "
+                               "ties marked), or with --claims the comparisons the papers claim")
+    compare.add_argument("run_dir", type=Path, metavar="DIR")
+    compare.add_argument("rows", nargs="*", metavar="METHOD", help="two rows (methods as the leaderboard names them)")
+    compare.add_argument("--claims", action="store_true",
+                         help="the papers' claims on FID and fid_to_dense, then the equal-latency comparisons")
+    compare.add_argument("--metric", default="fid", choices=["fid", "fid_to_dense"], help="default: fid")
+    compare.set_defaults(handler=compare_command)
+
+    dense_check = command("check-dense", "is a dense reference converged? FID must not worsen with more DDIM steps "
+                                          "and stay within 2x the real-vs-real floor")
+    dense_check.add_argument("--backbones", default="all", metavar="LIST", help="'all' or a comma list (default: all)")
+    dense_check.add_argument("--preset", default="tiny", choices=list(PRESETS), help="default: tiny")
+    dense_check.add_argument("--steps", type=batch_sizes, default=[20, 50, 100], metavar="LIST",
+                             help="DDIM step counts (default: 20,50,100)")
+    dense_check.add_argument("--samples", type=positive_int, metavar="N", help="images per FID (default: the preset's)")
+    dense_check.add_argument("--seed", type=seed_int, default=7,
+                             help="sampling noise and bootstrap seed; pick one no published run used (default: 7)")
+    dense_check.add_argument("--checkpoint", action="append", default=[], metavar="BACKBONE=PATH|HUB_ID")
+    dense_check.add_argument("--grids", type=Path, metavar="DIR", help="write each backbone's sample grid here")
+    dense_check.set_defaults(handler=check_dense_command)
+
+    rerun = command("rerun-diff", "two runs side by side: how far a rerun moved each FID and speedup (cells with "
+                                  "equal config hashes)")
+    rerun.add_argument("first", type=Path, metavar="DIR")
+    rerun.add_argument("second", type=Path, metavar="DIR")
+    rerun.set_defaults(handler=rerun_diff_command)
 
     convergence = command("dipgo-convergence", "train DiP-GO's pruner on each backbone's dense reference and show when "
                                                "its learned schedules stop changing")
@@ -254,7 +292,7 @@ def list_command(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     from benchmark.grid.execute import make_executor
     from benchmark.grid.plan import expand_methods
-    from benchmark.grid.run import run_grid
+    from benchmark.grid.run import label, run_grid
     from benchmark.plugins import build_registries
 
     registries = build_registries()
@@ -269,22 +307,21 @@ def run_command(args: argparse.Namespace) -> int:
     options = dataclasses.replace(
         method_options(args),
         fid_samples=args.fid_samples,
-        train_steps=args.train_steps,
         checkpoints=parse_checkpoints(args.checkpoint, registries.backbones.names()),
     )
     out_dir = args.out or Path("runs") / preset.name
     executor = make_executor(args.executor, args.ray_address, args.jobs, args.device)
     summary = run_grid(
         registries, methods, backbones, preset, options, run_seeds(args), args.device, out_dir,
-        progress=not args.quiet, executor=executor,
+        progress=not args.quiet, executor=executor, budgets=args.train_steps,
     )
     print(
         f"{len(summary.ok)} ok, {len(summary.failed)} failed, {len(summary.skipped)} skipped (already complete)"
         + (f", {len(summary.claimed)} being computed by another invocation" if summary.claimed else "")
         + f"; leaderboard: {out_dir / 'leaderboard.md'}"
     )
-    for backbone, method, seed in summary.failed:
-        print(f"failed: {backbone}/{method} seed {seed} (error and traceback in its cell file)", file=sys.stderr)
+    for key in summary.failed:
+        print(f"failed: {label(key)} (error and traceback in its cell file)", file=sys.stderr)
     return CELL_FAILED if summary.failed else 0
 
 
@@ -306,10 +343,13 @@ def run_seeds(args: argparse.Namespace) -> list[int]:
 
 
 def parse_checkpoints(specs: list[str], backbones: list[str]) -> dict[str, str]:
-    """``["uvit=path.pt", ...]`` -> ``{"uvit": "path.pt"}``, checking names and that each path exists.
+    """``["uvit=path.pt", "ddpm=google/ddpm-cifar10-32", ...]`` -> ``{"uvit": "path.pt", "ddpm": "<its snapshot>"}``,
+    checking names and that each path exists or each Hub id is in (or downloads into) the Hugging Face cache.
 
     Whether the file (or diffusers directory) fits the backbone is checked when the run loads it.
     """
+    from benchmark.checkpoints import resolve_checkpoint
+
     checkpoints: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -318,9 +358,10 @@ def parse_checkpoints(specs: list[str], backbones: list[str]) -> dict[str, str]:
             raise BenchmarkError(f"malformed --checkpoint {spec!r}: write it as BACKBONE=PATH")
         if name not in backbones:
             raise BenchmarkError(f"--checkpoint for unknown backbone {name!r}; available: {', '.join(backbones)}")
-        if not Path(path).expanduser().exists():
-            raise BenchmarkError(f"--checkpoint {name}: no such file or directory {path}")
-        checkpoints[name] = path
+        try:
+            checkpoints[name] = str(resolve_checkpoint(path))
+        except BenchmarkError as e:
+            raise BenchmarkError(f"--checkpoint {name}: {e}") from None
     return checkpoints
 
 
@@ -364,6 +405,58 @@ def prune_command(args: argparse.Namespace) -> int:
         preset = dataclasses.replace(preset, batch_size=args.batch_size)
     return prune(registries, args.method, args.backbone, preset, method_options(args), args.checkpoint, args.seed,
                  args.device, args.out, as_json=args.json, progress=not args.quiet)
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from benchmark import compare
+
+    cells = compare.ok_cells(args.run_dir)
+    if args.claims:
+        if args.rows:
+            raise BenchmarkError("give two rows or --claims, not both")
+        print(compare.pairs_table(cells, compare.CLAIMS, ["fid", "fid_to_dense"]))
+        print(compare.equal_latency(cells))
+        return 0
+    if len(args.rows) != 2:
+        raise BenchmarkError(f"compare needs two rows or --claims, got {len(args.rows)} row(s)")
+    missing = [m for m in args.rows if m not in set(cells["method"])]
+    if missing:
+        raise BenchmarkError(f"no ok row {missing[0]!r} in {args.run_dir}; rows: {', '.join(sorted(set(cells['method'])))}")
+    print(compare.pairs_table(cells, [("", *args.rows)], [args.metric]))
+    return 0
+
+
+def check_dense_command(args: argparse.Namespace) -> int:
+    from benchmark import checkpoints, convergence
+    from benchmark.data import load_dataset
+    from benchmark.metrics import fid
+    from benchmark.plugins import build_registries
+
+    registries = build_registries()
+    preset = get_preset(args.preset)
+    backbones = registries.backbones.select(args.backbones)
+    options = RunOptions(checkpoints=parse_checkpoints(args.checkpoint, registries.backbones.names()))
+    n = args.samples or preset.fid_samples
+    scorer = fid.FIDScorer("cpu", progress=False)
+    images = load_dataset(preset.dataset)
+    real = fid.reference_features(preset.dataset, n, lambda: images, scorer)
+    floor = fid.bootstrap_fid(scorer.features(fid.reference_images(preset.dataset, n, lambda: images, offset=n)), real,
+                              seed=args.seed)
+    rows = []
+    for name in backbones:
+        backbone = registries.backbones.get(name)
+        path = checkpoints.dense_checkpoint(backbone, preset, options, "cpu", progress=False)
+        rows.append(convergence.check(backbone, preset, path, sorted(args.steps), real, floor, scorer, args.seed,
+                                      args.grids))
+    print(convergence.render(rows, floor, n, args.seed))
+    return 0
+
+
+def rerun_diff_command(args: argparse.Namespace) -> int:
+    from benchmark import compare
+
+    print(compare.rerun_diff(args.first, args.second))
+    return 0
 
 
 def dipgo_convergence_command(args: argparse.Namespace) -> int:

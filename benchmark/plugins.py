@@ -25,6 +25,7 @@ DEFAULT_PLUGINS = (
     "methods.uniform_skip",
     "methods.diff_pruning",
     "methods.l1_channel",
+    "methods.scratch",
 )
 ENTRY_POINT_GROUP = PROJECT
 DISABLE_AUTOLOAD_ENV = "DIFFPRUNE_BENCH_DISABLE_PLUGIN_AUTOLOAD"

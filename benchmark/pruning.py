@@ -23,18 +23,21 @@ def method_context(
     """What every method of a cell sees: ``dense`` frozen as the teacher, ``images`` as the seed's batch stream."""
     from benchmark.data import batch_stream
     from benchmark.diffusion import Diffusion
+    from benchmark.training import probe_batch
 
+    diffusion = Diffusion.for_preset(preset)
     return MethodContext(
         backbone=backbone,
         preset=preset,
         options=options,
-        diffusion=Diffusion.for_preset(preset),
+        diffusion=diffusion,
         teacher=copy.deepcopy(dense).eval().requires_grad_(False),
         batches=lambda: batch_stream(images, preset.batch_size, seed),
         train_steps=train_steps,
         seed=seed,
         device=device,
         progress=progress,
+        probe=probe_batch(images, diffusion),
     )
 
 

@@ -165,10 +165,11 @@ def prune_to_macs(model: nn.Module, backbone: Backbone, inputs: Sequence[torch.T
 
 
 def channel_pruned(ctx: MethodContext, state: Pruned, importance: Any, name: str,
-                   info: dict[str, Any] | None = None) -> Pruned:
+                   info: dict[str, Any] | None = None, reinitialise: bool = False) -> Pruned:
     """What a structural method returns: ``state.model`` pruned by ``importance`` (gradients already in place for
     Taylor) to ``ctx.options.structural_target`` (a MACs ratio, or a per-layer channel ratio), then fine-tuned
-    with the shared budget."""
+    with the shared budget; with ``reinitialise``, trained from a random initialisation instead
+    (:func:`reinitialise_as_built`)."""
     if state.masks or state.schedule is not None:
         raise BenchmarkError("structural pruning must come first in a chain (before N:M masks or skip schedules)")
     inputs = tuple(x.to(ctx.device) for x in ctx.backbone.example_inputs(ctx.preset))
@@ -179,6 +180,8 @@ def channel_pruned(ctx: MethodContext, state: Pruned, importance: Any, name: str
     else:
         pruned, found = prune_to_macs(state.model, ctx.backbone, inputs, importance, target.value)
     found["kept_fraction"] = kept_fractions(state.model, pruned)
+    if reinitialise:
+        reinitialise_as_built(pruned, ctx.backbone, ctx.preset, ctx.seed)
     pruned.requires_grad_(True)
     losses = train(pruned, ctx, ctx.train_steps, desc=name)
     kept = ctx.backbone.channel_pruning(state.model).kept
@@ -188,6 +191,18 @@ def channel_pruned(ctx: MethodContext, state: Pruned, importance: Any, name: str
         train_steps=state.train_steps + ctx.train_steps,
         info={**found, **(info or {}), "kept_layers": kept, "final_loss": losses[-1] if losses else None},
     )
+
+
+@torch.no_grad()
+def reinitialise_as_built(model: nn.Module, backbone: Backbone, preset: Preset, seed: int) -> None:
+    """Overwrite every parameter and buffer of a pruned ``model`` with the leading slice of the same tensor of a
+    freshly built (randomly initialised, ``seed``) dense model, so the backbone's own initialisation (zeroed
+    output layers, embeddings) carries over; fan-in scaled inits keep the dense layer's scale."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = backbone.build(preset).state_dict()
+    for name, tensor in model.state_dict().items():
+        tensor.copy_(fresh[name][tuple(slice(0, n) for n in tensor.shape)].to(tensor))
 
 
 def architecture_changed(dense: nn.Module, model: nn.Module) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -12,11 +12,41 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from benchmark.api import BenchmarkError, MethodContext
+from benchmark.data import to_model_range
 from benchmark.presets import Recipe
+
+if TYPE_CHECKING:
+    from benchmark.diffusion import Diffusion
 
 GRAD_CLIP_NORM = 1.0
 
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+PROBE_IMAGES = 64  # the fixed batch the loss right after pruning is measured on
+
+
+def probe_batch(images: torch.Tensor, diffusion: Diffusion) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_t, t, noise)`` of one fixed batch, the same for every cell on a data set: the first
+    :data:`PROBE_IMAGES` images of a seed-0 permutation (of the training images: the data sets here have no
+    held-out split), timesteps spread evenly over the diffusion's, noise from seed 0."""
+    generator = torch.Generator().manual_seed(0)
+    x0 = to_model_range(images[torch.randperm(len(images), generator=generator)[:PROBE_IMAGES]])
+    t = torch.linspace(0, diffusion.num_train_timesteps - 1, len(x0)).long()
+    noise = torch.randn(x0.shape, generator=generator)
+    return diffusion.noise_scheduler.add_noise(x0, noise, t), t, noise
+
+
+@torch.no_grad()
+def probe_loss(model: nn.Module, probe: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device: torch.device) -> float:
+    """The noise-prediction MSE of ``model`` (in eval mode; its mode is restored) on the probe batch."""
+    x_t, t, noise = (tensor.to(device) for tensor in probe)
+    was_training = model.training
+    model.eval()
+    try:
+        return F.mse_loss(model(x_t, t), noise).item()
+    finally:
+        model.train(was_training)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -127,6 +157,8 @@ def train(
     if steps == 0:  # no budget (``benchmark prune``): the model is handed on as it is
         return []
     stream = stream or TrainingStream.start(ctx)
+    if stream.step == 0 and ctx.probe is not None:  # the cell's first training step: the model as pruned
+        ctx.measured.setdefault("loss_after_pruning", probe_loss(model, ctx.probe, ctx.device))
     optimisation = optimisation or Optimisation(model, ctx.preset.finetune, ctx.train_steps, stream.step)
     losses: list[float] = []
     was_training = model.training

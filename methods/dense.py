@@ -6,6 +6,7 @@ from benchmark.api import Method, MethodContext, Pruned
 class Dense(Method):
     name = "dense"
     version = "1"
+    trains_weights = False
     description = "unpruned starting checkpoint (the reference row)"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:

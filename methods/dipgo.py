@@ -219,6 +219,7 @@ class DiPGO(Method):
     name = "dipgo"
     version = "4"
     description = "DiP-GO: learned per-step block reuse (the official pruner and recipe), then the threshold walk"
+    trains_weights = False
     knob = "dipgo_target"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:

@@ -41,6 +41,7 @@ class UniformSkip(Method):
     name = "uniform-skip"
     version = "1"
     description = "DeepCache-like: the deepest blocks reuse their output on every other step, same MACs target"
+    trains_weights = False
     knob = "dipgo_target"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:

@@ -157,8 +157,8 @@ def run(registries, tmp_path, methods, options=None, seeds=(0,)):
 
 def test_failing_cells_are_recorded_and_the_rest_goes_on(registries, tmp_path):
     summary = run(registries, tmp_path, ["explode", "counting", "nan-loss", "false-mask", "asp", "uniform-skip"])
-    assert sorted(m for _, m, _ in summary.failed) == ["explode", "false-mask", "nan-loss"]
-    assert [m for _, m, _ in summary.ok] == ["dense", "counting", "asp", "uniform-skip"]  # dense was not requested
+    assert sorted(m for _, m, _, _ in summary.failed) == ["explode", "false-mask", "nan-loss"]
+    assert [m for _, m, _, _ in summary.ok] == ["dense", "counting", "asp", "uniform-skip"]  # dense was not requested
 
     store = CellStore(tmp_path)
     errors = {"explode": "RuntimeError: kaboom", "nan-loss": "NonFiniteLossError", "false-mask": "MaskValidationError"}
@@ -193,12 +193,12 @@ def test_resume_skips_complete_cells(registries, tmp_path):
 
     second = run(registries, tmp_path, ["counting", "explode"])
     assert CALLS == {"counting": 1, "explode": 2}  # only the failed cell ran again
-    assert second.skipped == [("tiny-net", "dense", 0), ("tiny-net", "counting", 0)]
+    assert second.skipped == [("tiny-net", "dense", 0, None), ("tiny-net", "counting", 0, None)]
 
     run(registries, tmp_path, ["counting"], RunOptions(srste_decay=1e-3))  # stale config hash
     assert CALLS["counting"] == 2
 
-    path = CellStore(tmp_path).path("tiny-net", "counting", 0)
+    path = CellStore(tmp_path).path("tiny-net", "counting", 0, None)
     path.write_text(path.read_text()[:50])  # e.g. killed mid-write by an older, non-atomic writer
     with pytest.warns(UserWarning, match="recomputed"):
         run(registries, tmp_path, ["counting"], RunOptions(srste_decay=1e-3))
@@ -211,7 +211,7 @@ def test_fid_to_dense_compares_with_the_dense_samples_even_on_resume(registries,
     (kept,) = (tmp_path / "resumed" / "features").glob("tiny-net__dense__seed0-*.npy")
     written = kept.stat().st_mtime_ns
     resumed = run(registries, tmp_path / "resumed", ["counting", "uniform-skip"])
-    assert resumed.skipped == [("tiny-net", "dense", 0), ("tiny-net", "counting", 0)]
+    assert resumed.skipped == [("tiny-net", "dense", 0, None), ("tiny-net", "counting", 0, None)]
     assert kept.stat().st_mtime_ns == written  # the dense samples' features were read back, not drawn again
 
     together, later = (CellStore(tmp_path / d) for d in ("together", "resumed"))
@@ -219,7 +219,7 @@ def test_fid_to_dense_compares_with_the_dense_samples_even_on_resume(registries,
     assert metrics["dense"]["fid_to_dense"] == 0.0
     assert metrics["counting"]["fid_to_dense"] == pytest.approx(0.0, abs=1e-3)  # same model, same noise: 0 up to rounding
     assert metrics["uniform-skip"]["fid_to_dense"] > 1e-3
-    assert later.read("tiny-net", "uniform-skip", 0)["metrics"]["fid_to_dense"] == metrics["uniform-skip"]["fid_to_dense"]
+    assert later.read("tiny-net", "uniform-skip", 0, None)["metrics"]["fid_to_dense"] == metrics["uniform-skip"]["fid_to_dense"]
     assert metrics["uniform-skip"]["fid"] != metrics["uniform-skip"]["fid_to_dense"]  # the other reference
 
 
@@ -237,8 +237,8 @@ def test_a_second_invocation_skips_cells_another_one_is_computing(registries, tm
     store.ensure_writable()
     (store.cells_dir / ".tiny-net__counting__seed0.claim").write_text("other-host 42")
     summary = run(registries, tmp_path, ["counting", "asp"])
-    assert summary.claimed == [("tiny-net", "counting", 0)] and "counting" not in CALLS
-    assert sorted(m for _, m, _ in summary.ok) == ["asp", "dense"]
+    assert summary.claimed == [("tiny-net", "counting", 0, None)] and "counting" not in CALLS
+    assert sorted(m for _, m, _, _ in summary.ok) == ["asp", "dense"]
 
 
 def test_2to4_latency_report_where_kernels_exist(registries, tmp_path, monkeypatch):
@@ -260,7 +260,7 @@ def test_2to4_latency_report_where_kernels_exist(registries, tmp_path, monkeypat
     monkeypatch.setattr(latency, "semi_structured_supported", lambda device: (True, "fake sm90"))
     monkeypatch.setattr(latency, "sparse_latency_report", fake_report)
     run(registries, tmp_path, ["asp"])
-    cell = CellStore(tmp_path).read("tiny-net", "asp", 0)
+    cell = CellStore(tmp_path).read("tiny-net", "asp", 0, None)
     metrics = cell["metrics"]
     assert (metrics["dense_latency_ms"], metrics["latency_ms"]) == (0.6, 0.5) and metrics["speedup"] == pytest.approx(1.2)
     assert metrics["latency_mode"] == f"per evaluation, fp16 CUDA graph, cpu, batch {UNIT.latency_batch}"
@@ -300,12 +300,12 @@ def test_invalid_input_fails_before_any_cell(registries, tmp_path):
 
 def test_seeds_are_cells_of_their_own_and_the_leaderboard_aggregates_them(registries, tmp_path):
     summary = run(registries, tmp_path, ["counting"], seeds=(0, 1))
-    assert summary.ok == [("tiny-net", m, s) for s in (0, 1) for m in ("dense", "counting")]
+    assert summary.ok == [("tiny-net", m, s, None) for s in (0, 1) for m in ("dense", "counting")]
     store = CellStore(tmp_path)
     fids = [store.read("tiny-net", "dense", seed)["metrics"]["fid"] for seed in (0, 1)]
     assert fids[0] != fids[1]  # other noise, other samples
     assert run(registries, tmp_path, ["counting"], seeds=(1, 2)).skipped == [
-        ("tiny-net", "dense", 1), ("tiny-net", "counting", 1)
+        ("tiny-net", "dense", 1, None), ("tiny-net", "counting", 1, None)
     ]
 
     board = json.loads((tmp_path / "leaderboard.json").read_text())["records"]
@@ -322,7 +322,7 @@ def test_every_fid_carries_a_bootstrap_interval(registries, tmp_path):
     for name in ("fid", "fid_to_dense"):
         assert skip[f"{name}_low"] < skip[name] < skip[f"{name}_high"] and skip[f"{name}_sd"] > 0
     assert dense["fid_to_dense"] == dense["fid_to_dense_sd"] == 0.0
-    assert store.read("tiny-net", "dense", 0)["config"]["fid"] == {"weights": "fake-weights", "bootstrap_resamples": 200}
+    assert store.read("tiny-net", "dense", 0, None)["config"]["fid"] == {"weights": "fake-weights", "bootstrap_resamples": 200}
 
 
 def test_a_dense_checkpoint_is_known_by_its_content(registries, tmp_path, monkeypatch):
@@ -336,7 +336,7 @@ def test_a_dense_checkpoint_is_known_by_its_content(registries, tmp_path, monkey
     assert CALLS["counting"] == 2
     run(registries, tmp_path / "run", ["counting"])
     assert CALLS["counting"] == 2
-    ident = CellStore(tmp_path / "run").read("tiny-net", "counting", 0)["config"]["dense_checkpoint"]
+    ident = CellStore(tmp_path / "run").read("tiny-net", "counting", 0, None)["config"]["dense_checkpoint"]
     assert ident == "sha256:" + checkpoints.sha256_file(path)
 
 
@@ -378,7 +378,7 @@ def test_structural_cells_save_a_smaller_reloadable_model(registries, tmp_path):
 
     run(registries, tmp_path, ["diff-pruning", "l1-channel@0.3"])
     store = CellStore(tmp_path)
-    dense = store.read("tiny-net", "dense", 0)["metrics"]
+    dense = store.read("tiny-net", "dense", 0, None)["metrics"]
     for method, target in (("diff-pruning", RunOptions().structural_target.value), ("l1-channel@0.3", 0.3)):
         cell = store.read("tiny-net", method, 0)
         metrics, info = cell["metrics"], cell["info"][method]
@@ -389,9 +389,9 @@ def test_structural_cells_save_a_smaller_reloadable_model(registries, tmp_path):
         assert metrics["latency_mode"].startswith("per evaluation") and metrics["speedup"] > 0
         model = structural.load_pruned(TinyBackbone(), UNIT, tmp_path / cell["pruned_model"])
         assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(metrics["params_m"])
-    assert store.read("tiny-net", "dense", 0)["pruned_model"] is None
+    assert store.read("tiny-net", "dense", 0, None)["pruned_model"] is None
     assert cell["info"]["l1-channel@0.3"].keys() >= {"channel_ratio", "macs_ratio"}
-    assert store.read("tiny-net", "diff-pruning", 0)["info"]["diff-pruning"]["gradient_timesteps"] > 0
+    assert store.read("tiny-net", "diff-pruning", 0, None)["info"]["diff-pruning"]["gradient_timesteps"] > 0
 
 
 def test_each_operating_point_is_its_own_cell(registries, tmp_path):

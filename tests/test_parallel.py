@@ -101,7 +101,7 @@ def test_worker_processes_give_the_cells_of_a_sequential_run(registries, tmp_pat
     serial = run(registries, tmp_path / "serial", methods, LocalExecutor())
     parallel = run(registries, tmp_path / "parallel", methods, ProcessExecutor(2))
     assert sorted(serial.ok) == sorted(parallel.ok) and len(serial.ok) == 6 and not parallel.failed
-    for backbone, method, seed in serial.ok:
+    for backbone, method, seed, _ in serial.ok:
         a, b = (CellStore(tmp_path / d).read(backbone, method, seed) for d in ("serial", "parallel"))
         assert a["config_hash"] == b["config_hash"] and b["threads"] == 1
         for key in a["metrics"].keys() - TIMED:
@@ -113,12 +113,12 @@ def test_worker_processes_give_the_cells_of_a_sequential_run(registries, tmp_pat
 
 def test_a_killed_worker_fails_its_cell_only_and_a_rerun_computes_only_it(registries, tmp_path):
     first = run(registries, tmp_path, ["die", "asp"], ProcessExecutor(2))
-    (_, method, seed), = first.failed
+    (_, method, seed, _), = first.failed
     assert method == "die" and len(first.ok) == 5
     cell = CellStore(tmp_path).read("tiny-net", "die", seed)
     assert cell["error"].startswith("WorkerDied: the worker process computing this cell ended (signal SIGKILL)")
     again = run(registries, tmp_path, ["die", "asp"], ProcessExecutor(2))
-    assert again.ok == [("tiny-net", "die", seed)] and len(again.skipped) == 5
+    assert again.ok == [("tiny-net", "die", seed, None)] and len(again.skipped) == 5
 
 
 def test_plugins_that_cannot_reach_a_worker_get_a_clear_error(registries, tmp_path):

@@ -15,7 +15,7 @@ from benchmark.registry import DuplicateNameError, UnknownNameError
 BUILTIN_BACKBONES = {"uvit", "ddpm", "dit"}
 BUILTIN_METHODS = {
     "dense", "dense-ft", "asp", "ste", "progressive", "sparsedm", "sparsedm-chained", "dipgo", "uniform-skip",
-    "diff-pruning", "l1-channel",
+    "diff-pruning", "l1-channel", "scratch",
 }
 EXAMPLE_PACKAGE = Path(__file__).parent / "fixtures" / "example_plugin"
 

@@ -89,7 +89,7 @@ def test_ray_cells_equal_local_cells(cluster, registries, tmp_path):
     local = run(registries, tmp_path / "local", methods, LocalExecutor())
     remote = run(registries, tmp_path / "ray", methods, RayExecutor())
     assert sorted(local.ok) == sorted(remote.ok) and len(local.ok) == 6 and not remote.failed
-    for backbone, method, seed in local.ok:
+    for backbone, method, seed, _ in local.ok:
         a, b = (CellStore(tmp_path / name).read(backbone, method, seed) for name in ("local", "ray"))
         assert a["config_hash"] == b["config_hash"]
         assert a["metrics"].keys() == b["metrics"].keys()
@@ -102,13 +102,13 @@ def test_ray_cells_equal_local_cells(cluster, registries, tmp_path):
 
 def test_a_killed_worker_fails_its_cell_only_and_a_rerun_resumes(cluster, registries, tmp_path):
     first = run(registries, tmp_path, ["die", "asp"], RayExecutor())
-    (_, method, seed), = first.failed  # one seed's die cell killed its worker; the other ran after the marker
+    (_, method, seed, _), = first.failed  # one seed's die cell killed its worker; the other ran after the marker
     assert method == "die" and len(first.ok) == 5
     cell = CellStore(tmp_path).read("tiny-net", method, seed)
     assert cell["status"] == "failed" and cell["error"].startswith(("WorkerCrashedError", "ActorDiedError"))
     assert cell["traceback"]
     again = run(registries, tmp_path, ["die", "asp"], RayExecutor())
-    assert again.ok == [("tiny-net", "die", seed)] and len(again.skipped) == 5
+    assert again.ok == [("tiny-net", "die", seed, None)] and len(again.skipped) == 5
 
 
 def test_executor_names_are_checked_before_any_work(monkeypatch):

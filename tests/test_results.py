@@ -85,6 +85,18 @@ class TestCellStore:
         assert store.read("uvit", "asp", 0)["metrics"]["fid"] == 2.0
         assert [p.name for p in store.cells_dir.iterdir()] == ["uvit__asp__seed0.json"]  # no temp file left
 
+    def test_cells_and_their_files_get_the_umask_permissions(self, store):
+        import os
+        import stat
+
+        previous = os.umask(0o022)
+        try:
+            path = store.write(make_cell("uvit", "asp"), {"samples/uvit__asp__seed0.png": b"png"})
+        finally:
+            os.umask(previous)
+        for written in (path, store.out_dir / "samples" / "uvit__asp__seed0.png"):
+            assert stat.S_IMODE(written.stat().st_mode) == 0o644  # readable by group and others
+
     def test_a_cell_is_claimed_by_one_process_at_a_time(self, store, monkeypatch):
         store.ensure_writable()
         assert store.claim("uvit", "asp", 0) is None  # this process holds it now
@@ -218,11 +230,11 @@ class TestLeaderboard:
 
     def test_write_leaderboard(self, run_dir):
         paths = write_leaderboard(run_dir)
-        assert sorted(paths) == ["csv", "json", "md"]
+        assert sorted(paths) == ["csv", "html", "json", "md"]
         assert all(p.parent == run_dir and p.stat().st_size > 0 for p in paths.values())
 
     def test_publish_rewrites_the_plots_too(self, run_dir):
-        assert publish(run_dir) == {fmt: run_dir / f"leaderboard.{fmt}" for fmt in ("md", "csv", "json")}
+        assert publish(run_dir) == {fmt: run_dir / f"leaderboard.{fmt}" for fmt in ("md", "csv", "json", "html")}
         assert all((run_dir / f"pareto_fid_vs_{x}.png").stat().st_size > 0 for x in ("macs", "latency"))
 
     def test_empty_run_dir(self, tmp_path):

@@ -94,6 +94,7 @@ def _new_record(spec: CellSpec, shared: Shared) -> dict[str, Any]:
         "versions": environment_versions(),
         "device": device_name(shared.device),
         "seed": spec.seed,
+        "steps": spec.steps,
         "threads": torch.get_num_threads(),
         "timings": {},
         "metrics": {},
@@ -118,10 +119,10 @@ def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, 
         raise RuntimeError(f"no dense model for {spec.backbone!r}: {loaded}") from loaded
     dense, timings["load"] = loaded
     diffusion = Diffusion.for_preset(shared.preset)
-    stem = cell_stem(spec.backbone, spec.method, spec.seed)
+    stem = cell_stem(*spec.key)
 
     with _timed(timings, "prune"):
-        state = _prune(spec, shared, backbone, dense, info)
+        state = _prune(spec, shared, backbone, dense, info, metrics)
         if state.masks or state.pattern is not None:
             from benchmark.sparsity import tensors_digest, validate_nm
 
@@ -146,7 +147,8 @@ def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, 
 
 
 def _prune(
-    spec: CellSpec, shared: Shared, backbone: Backbone, dense: nn.Module, info: dict[str, Any]
+    spec: CellSpec, shared: Shared, backbone: Backbone, dense: nn.Module, info: dict[str, Any],
+    metrics: dict[str, Any],
 ) -> Pruned:
     from benchmark.data import load_dataset
     from benchmark.pruning import apply_chain, method_context
@@ -154,9 +156,11 @@ def _prune(
     _seed_everything(spec.seed)
     ctx = method_context(
         backbone, shared.preset, shared.options, dense, load_dataset(shared.preset.dataset), spec.seed, shared.device,
-        shared.options.train_steps or shared.preset.train_steps, shared.progress,
+        spec.steps or shared.options.train_steps or shared.preset.train_steps, shared.progress,
     )
-    return apply_chain(shared.registries, spec.chain, ctx, dense, info)[0]
+    state = apply_chain(shared.registries, spec.chain, ctx, dense, info)[0]
+    metrics.update(ctx.measured)  # the loss right after pruning, where the chain trained weights
+    return state
 
 
 def _keep_architecture(dense: nn.Module, model: nn.Module, relative: str, result: CellResult) -> None:

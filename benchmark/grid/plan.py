@@ -1,14 +1,14 @@
-"""Planning: the requested grid becomes one :class:`CellSpec` per (seed, backbone, method), each with the
-configuration that decides its numbers and that configuration's hash.
+"""Planning: the requested grid becomes one :class:`CellSpec` per (seed, backbone, method, budget), each with
+the configuration that decides its numbers and that configuration's hash.
 
 Methods are names, ``a+b`` chains and ``name@value`` operating points (a method's knob set to
-``value``). Every backbone gets its ``dense`` reference cell for every seed; within a seed the dense
-cell comes first, since the other cells compare their samples with its samples.
+``value``). Every backbone gets its ``dense`` reference cell for every seed; the other cells of the seed
+compare their samples with its samples.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from benchmark.api import Method, RunOptions
 from benchmark.errors import BenchmarkError
@@ -24,6 +24,16 @@ OPERATING_POINT = "@"  # dipgo@0.3: the method with its knob at 0.3
 FID_RESAMPLES = 200  # bootstrap resamples behind every FID interval
 
 
+class CellKey(NamedTuple):
+    """What names a cell in the store: ``steps`` is None at the preset's budget and for methods that train
+    no weights."""
+
+    backbone: str
+    method: str
+    seed: int
+    steps: int | None = None
+
+
 @dataclass(frozen=True)
 class CellSpec:
     """One cell to compute: everything a worker needs besides the shared inputs of its backbone."""
@@ -32,10 +42,15 @@ class CellSpec:
     chain: tuple[str, ...]
     seed: int
     config: dict[str, Any] = field(compare=False, hash=False)
+    steps: int | None = None  # the fine-tuning budget where it is not the preset's (a --train-steps list)
 
     @property
     def method(self) -> str:
         return CHAIN_SEPARATOR.join(self.chain)
+
+    @property
+    def key(self) -> CellKey:
+        return CellKey(self.backbone, self.method, self.seed, self.steps)
 
     @property
     def config_hash(self) -> str:
@@ -81,7 +96,8 @@ def part_options(registry: Registry[Method], part: str, options: RunOptions) -> 
 
 
 def expand_methods(registry: Registry[Method], spec: str) -> list[str]:
-    """Expand ``--methods``: a comma list of names and ``a+b`` chains; ``all`` is every method, dense first.
+    """Expand ``--methods``: a comma list of names and ``a+b`` chains; ``all`` is every method but the controls
+    that say so (:attr:`benchmark.api.Method.in_all`), dense first.
 
     A part may set its method's operating point, ``dipgo@0.3`` (see :attr:`benchmark.api.Method.knob`).
     Every part of every chain must be registered; duplicates are dropped, the order is kept.
@@ -89,7 +105,7 @@ def expand_methods(registry: Registry[Method], spec: str) -> list[str]:
     expanded: list[str] = []
     for item in (s.strip() for s in spec.split(",")):
         if item == "all":
-            names = registry.names()
+            names = [name for name in registry.names() if registry.get(name).in_all]
             candidates = sorted(names, key=lambda name: name != REFERENCE_METHOD)
         elif item:
             candidates = [CHAIN_SEPARATOR.join(canonical_part(registry, part) for part in split_chain(item))]
@@ -132,22 +148,41 @@ def parse_request(registries: Registries, methods: list[str], backbones: list[st
     return chains
 
 
+def trains_weights(registries: Registries, chain: tuple[str, ...]) -> bool:
+    """Whether any method of the chain fine-tunes weights with the run's budget."""
+    return any(registries.methods.get(split_operating_point(part)[0]).trains_weights for part in chain)
+
+
 def plan_grid(
     registries: Registries, chains: list[tuple[str, ...]], backbones: list[str], preset: Preset, options: RunOptions,
     seeds: list[int], device: str, dense_checkpoints: dict[str, str], fid_weights: str,
+    budgets: list[int] | None = None,
 ) -> list[CellSpec]:
-    """Every cell of the grid, seed-major, each backbone's dense reference first, duplicates once.
+    """Every cell of the grid once, seed-major; within a seed, larger fine-tuning budgets first, then each
+    backbone's dense reference before its other cells (executors start a cell whose dense cell is still to
+    come only after it: :class:`benchmark.grid.execute.CellQueue`).
 
-    ``dense_checkpoints`` identifies each backbone's starting checkpoint by content.
+    ``dense_checkpoints`` identifies each backbone's starting checkpoint by content. ``budgets`` (fine-tuning
+    steps; default: ``options.train_steps``, else the preset's) gives a chain that trains weights one cell per
+    budget; a chain that trains none gets one cell, which serves every budget. A budget equal to the
+    preset's is spelled as the preset's default (``train_steps`` null), so those cells are the same cells a
+    run without ``--train-steps`` makes.
     """
     unique = [(REFERENCE_METHOD,)]
     for chain in chains:
         if chain not in unique:
             unique.append(chain)
-    return [
-        CellSpec(backbone, chain, seed, cell_config(registries, preset, options, device, backbone, chain, seed,
-                                                    dense_checkpoints[backbone], fid_weights))
-        for seed in seeds
-        for backbone in backbones
-        for chain in unique
-    ]
+    budgets = budgets or [options.train_steps or preset.train_steps]
+    cells = []
+    for seed in seeds:
+        for backbone in backbones:
+            for chain in unique:
+                trains = trains_weights(registries, chain)
+                for budget in (budgets if trains else [None]):
+                    steps = None if budget == preset.train_steps else budget
+                    cell_options = replace(options, train_steps=steps)
+                    config = cell_config(registries, preset, cell_options, device, backbone, chain, seed,
+                                         dense_checkpoints[backbone], fid_weights)
+                    cells.append(CellSpec(backbone, chain, seed, config, steps))
+    # within a seed, larger budgets first (a stable sort): the long cells start early and short ones fill the tail
+    return sorted(cells, key=lambda c: (seeds.index(c.seed), -(c.steps or preset.train_steps)))

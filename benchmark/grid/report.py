@@ -12,25 +12,28 @@ from tabulate import tabulate
 
 from benchmark import __version__, significance
 from benchmark.errors import BenchmarkError
+from benchmark.grid import budgets
 from benchmark.grid.store import FINETUNE_CONTROL, REFERENCE_METHOD, SCHEMA_VERSION, CellStore, now_iso
 
 CELL_COLUMNS = [
-    "backbone", "method", "seed", "status", "fid", "fid_sd", "fid_to_dense", "fid_to_dense_sd", "params_m",
+    "backbone", "method", "budget", "seed", "status", "fid", "fid_sd", "fid_to_dense", "fid_to_dense_sd", "params_m",
     "macs_g", "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "latency_mode", "sparsity",
-    "train_steps", "sample_steps", "fid_samples", "error",
+    "train_steps", "sample_steps", "fid_samples", "loss_after_pruning", "error",
 ]
 COLUMNS = [
-    "backbone", "method", "status", "seeds", "fid", "fid_low", "fid_high", "fid_std", "vs_reference",
+    "backbone", "method", "budget", "status", "seeds", "fid", "fid_low", "fid_high", "fid_std", "vs_reference",
     "fid_to_dense", "fid_to_dense_low", "fid_to_dense_high", "fid_to_dense_std", "params_m", "macs_g",
     "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "latency_mode", "sparsity", "train_steps",
-    "sample_steps", "fid_samples", "error",
+    "sample_steps", "fid_samples", "loss_after_pruning", "error",
 ]
 FID_COLUMNS = ["fid", "fid_to_dense"]  # headed with their shared sample count, e.g. fid@256, shown as mean ± 95%
 INTERVAL_COLUMNS = [f"{c}_{end}" for c in FID_COLUMNS for end in ("low", "high", "std")]  # csv/json only
 INTEGER_COLUMNS = ["train_steps", "seeds", "sample_steps", "fid_samples"]
+CSV_ONLY = ["budget", "loss_after_pruning"]  # in csv/json; the markdown table shows train_steps instead of budget
+ROW = ["backbone", "method", "budget"]  # what makes a row: its cells differ only by seed
 LOWER_IS_BETTER = ["fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms"]
 HIGHER_IS_BETTER = ["speedup"]
-FORMATS = ("md", "csv", "json")
+FORMATS = ("md", "csv", "json", "html")
 _DECIMALS = {"fid": 2, "fid_to_dense": 2, "speedup": 2, "sparsity": 3}
 _ERROR_WIDTH = 60
 _MARKS = {"lower": "▼ lower", "higher": "▲ higher", "tie": "= tie"}
@@ -60,13 +63,16 @@ def split_superseded(cells: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
         config = cell.get("config") or {}
         return json.dumps([config.get("method_versions"), config.get("backbone_version")], sort_keys=True)
 
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    def row(cell: dict[str, Any]) -> tuple[str, str, Any]:
+        return cell["backbone"], cell["method"], cell.get("steps")
+
+    latest: dict[tuple[str, str, Any], dict[str, Any]] = {}
     for cell in cells:
-        key = (cell["backbone"], cell["method"])
+        key = row(cell)
         if key not in latest or str(cell.get("finished", "")) > str(latest[key].get("finished", "")):
             latest[key] = cell
     wanted = {key: versions(cell) for key, cell in latest.items()}
-    is_current = [versions(c) == wanted[c["backbone"], c["method"]] for c in cells]
+    is_current = [versions(c) == wanted[row(c)] for c in cells]
     return ([c for c, ok in zip(cells, is_current) if ok], [c for c, ok in zip(cells, is_current) if not ok])
 
 
@@ -79,16 +85,18 @@ def load_cells(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """
     cells = load_cell_rows(out_dir)
     ok = cells[cells["status"] == "ok"]
-    rows = [_aggregate(group) for _, group in ok.groupby(["backbone", "method"], sort=False)]
+    rows = [_aggregate(group) for _, group in ok.groupby(ROW, sort=False, dropna=False)]
     rows += [{**record, "seeds": 1} for record in cells[cells["status"] != "ok"].to_dict("records")]
     df = pd.DataFrame(rows, columns=COLUMNS)
     _mark_against_references(df, ok)
     for column in INTEGER_COLUMNS:
         df[column] = pd.to_numeric(df[column]).astype("Int64")
+    df["budget"] = pd.to_numeric(df["budget"]).astype("Int64")
     order = df.assign(
         _not_reference=df["method"] != REFERENCE_METHOD,
+        _budget=df["train_steps"].fillna(0),  # rows grouped by fine-tuning budget, those that train none first
         _failed=df["status"] != "ok",
-    ).sort_values(["backbone", "_not_reference", "_failed", "method"], kind="stable")
+    ).sort_values(["backbone", "_not_reference", "_failed", "_budget", "method"], kind="stable")
     result = df.loc[order.index].reset_index(drop=True)
     result.attrs["superseded"] = cells.attrs["superseded"]
     return result
@@ -108,6 +116,7 @@ def _row(cell: dict[str, Any]) -> dict[str, Any]:
         method=cell["method"],
         status=cell["status"],
         seed=cell.get("seed"),
+        budget=cell.get("steps"),
         error=cell.get("error"),
     )
     return row
@@ -128,7 +137,8 @@ def _aggregate(group: pd.DataFrame) -> dict[str, Any]:
         row.update({metric: summary.mean, f"{metric}_std": summary.std})
         if any(math.isfinite(sd) for sd in sds):  # cells of schema 1 carry no bootstrap
             row.update({f"{metric}_low": summary.low, f"{metric}_high": summary.high})
-    for column in ("params_m", "macs_g", "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "sparsity"):
+    for column in ("params_m", "macs_g", "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "sparsity",
+                   "loss_after_pruning"):
         numbers = pd.to_numeric(group[column], errors="coerce")
         row[column] = float(numbers.mean()) if numbers.notna().all() else first[column]  # text such as "n/a"
     return row
@@ -136,14 +146,16 @@ def _aggregate(group: pd.DataFrame) -> dict[str, Any]:
 
 def _mark_against_references(df: pd.DataFrame, ok: pd.DataFrame) -> None:
     """Fill ``vs_reference``: e.g. ``▼ lower than dense-ft (p=0.003)``; ``reference`` on the dense rows."""
-    seeds = {key: group for key, group in ok.groupby(["backbone", "method"], sort=False)}
+    seeds = {_key(key): group for key, group in ok.groupby(ROW, sort=False, dropna=False)}
     df["vs_reference"] = df["vs_reference"].astype(object)
     for index, row in df[df["status"] == "ok"].iterrows():
         if row["method"] == REFERENCE_METHOD:
             df.at[index, "vs_reference"] = "reference"
             continue
         reference = reference_of(row["method"], row["train_steps"])
-        mine, theirs = seeds[row["backbone"], row["method"]], seeds.get((row["backbone"], reference))
+        budget = _key((row["budget"],))[0] if reference == FINETUNE_CONTROL else None  # dense-ft at the same budget
+        mine = seeds[_key((row["backbone"], row["method"], row["budget"]))]
+        theirs = seeds.get((row["backbone"], reference, budget))
         if theirs is None:
             df.at[index, "vs_reference"] = f"n/a (no {reference} row)"
             continue
@@ -157,12 +169,24 @@ def _mark_against_references(df: pd.DataFrame, ok: pd.DataFrame) -> None:
         )
 
 
+def _key(values: tuple) -> tuple:
+    """A row key with missing budgets (NaN, NA) as None, so that keys compare equal."""
+    return tuple(None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v for v in values)
+
+
 def _sds(group: pd.DataFrame) -> list[float]:
     return pd.to_numeric(group["fid_sd"], errors="coerce").fillna(0.0).tolist()
 
 
-def render(df: pd.DataFrame, fmt: str) -> str:
-    """The leaderboard as Markdown (``md``), CSV or JSON text."""
+def render(df: pd.DataFrame, fmt: str, out_dir: str | os.PathLike[str] | None = None) -> str:
+    """The leaderboard as Markdown (``md``), CSV, JSON or a self-contained HTML page (``html``, which inlines the
+    plots and links the sample grids found in ``out_dir``)."""
+    if fmt == "html":
+        from benchmark.grid import page
+
+        shown, headers = _shown(df)
+        cells = load_cell_rows(out_dir) if out_dir is not None else pd.DataFrame(columns=CELL_COLUMNS)
+        return page.render_page(df, cells, out_dir or ".", shown, headers, cell_text)
     if fmt == "md":
         return _markdown(df)
     if fmt == "csv":
@@ -177,17 +201,24 @@ def render(df: pd.DataFrame, fmt: str) -> str:
 
 
 def write_leaderboard(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write ``leaderboard.{md,csv,json}`` into ``out_dir``; returns the paths by format."""
+    """Write ``leaderboard.{md,csv,json,html}`` into ``out_dir``; returns the paths by format."""
     return _write_tables(load_cells(out_dir), out_dir)
 
 
 def publish(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Rewrite the leaderboard files and the Pareto plots from ``out_dir``'s cells; the table paths by format."""
+    """Rewrite the leaderboard files and the Pareto plots from ``out_dir``'s cells, and with several fine-tuning
+    budgets ``budgets.md`` and ``budget_curves.png``; the table paths by format."""
     from benchmark import plots
 
     df = load_cells(out_dir)
-    paths = _write_tables(df, out_dir)
     plots.pareto_plots(df, out_dir)
+    table = budgets.budget_table(load_cell_rows(out_dir))
+    if table:  # a run with several fine-tuning budgets: curves and rankings per budget beside the table
+        plots.budget_curves(df, out_dir)
+    paths = _write_tables(df, out_dir)  # after the plots: the html page inlines them
+    if table:
+        paths["budgets"] = Path(out_dir) / "budgets.md"
+        paths["budgets"].write_text(budgets.render(table) + "\n", encoding="utf-8")
     return paths
 
 
@@ -195,24 +226,34 @@ def _write_tables(df: pd.DataFrame, out_dir: str | os.PathLike[str]) -> dict[str
     paths = {fmt: Path(out_dir) / f"leaderboard.{fmt}" for fmt in FORMATS}
     try:
         for fmt, path in paths.items():
-            path.write_text(render(df, fmt), encoding="utf-8")
+            path.write_text(render(df, fmt, out_dir), encoding="utf-8")
     except OSError as e:
         raise BenchmarkError(f"cannot write the leaderboard to {out_dir}: {e.strerror or e}") from None
     return paths
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    table = df.copy()
-    fid_samples = table.loc[table["status"] == "ok", "fid_samples"].dropna().unique()
+def _shown(df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The columns the md and html tables show, and their headers."""
+    fid_samples = df.loc[df["status"] == "ok", "fid_samples"].dropna().unique()
     at = f"@{fid_samples[0]}" if len(fid_samples) == 1 else ""
-    shown = [c for c in COLUMNS if c not in INTERVAL_COLUMNS and not (c == "fid_samples" and len(fid_samples) == 1)]
-    if (table["status"] == "ok").all():
+    shown = [c for c in COLUMNS if c not in INTERVAL_COLUMNS and c not in CSV_ONLY
+             and not (c == "fid_samples" and len(fid_samples) == 1)]
+    if (df["status"] == "ok").all():
         shown.remove("error")
-    headers = [_header(c, at) for c in shown]
+    return shown, [_header(c, at) for c in shown]
+
+
+def cell_text(column: str, record: dict[str, Any]) -> str:
+    """A table cell as the md and html tables show it."""
+    return _interval(column, record) if column in FID_COLUMNS else _cell(column, record[column])
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    shown, headers = _shown(df)
     rows = []
     previous_backbone = None
-    for record in table.to_dict("records"):
-        cells = [_interval(c, record) if c in FID_COLUMNS else _cell(c, record[c]) for c in shown]
+    for record in df.to_dict("records"):
+        cells = [cell_text(c, record) for c in shown]
         if record["backbone"] == previous_backbone:
             cells[0] = ""  # group rows under their backbone
         previous_backbone = record["backbone"]

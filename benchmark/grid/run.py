@@ -22,7 +22,7 @@ from benchmark.api import RunOptions
 from benchmark.errors import BenchmarkError
 from benchmark.grid.cell import CellResult, Shared
 from benchmark.grid.execute import Executor, LocalExecutor, Ticket
-from benchmark.grid.plan import CellSpec, parse_request, plan_grid
+from benchmark.grid.plan import CellKey, CellSpec, parse_request, plan_grid
 from benchmark.grid.store import REFERENCE_METHOD, RENEW_SECONDS, CellStore
 from benchmark.plugins import Registries
 from benchmark.presets import Preset
@@ -30,12 +30,12 @@ from benchmark.presets import Preset
 
 @dataclass
 class RunSummary:
-    """The cells of a run by outcome, as ``(backbone, method, seed)``."""
+    """The cells of a run by outcome, as :class:`CellKey` ``(backbone, method, seed, steps)``."""
 
-    ok: list[tuple[str, str, int]] = field(default_factory=list)
-    failed: list[tuple[str, str, int]] = field(default_factory=list)
-    skipped: list[tuple[str, str, int]] = field(default_factory=list)  # already complete, not recomputed
-    claimed: list[tuple[str, str, int]] = field(default_factory=list)  # being computed by another invocation
+    ok: list[CellKey] = field(default_factory=list)
+    failed: list[CellKey] = field(default_factory=list)
+    skipped: list[CellKey] = field(default_factory=list)  # already complete, not recomputed
+    claimed: list[CellKey] = field(default_factory=list)  # being computed by another invocation
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -62,8 +62,12 @@ def run_grid(
     out_dir: str | Path,
     progress: bool = True,
     executor: Executor | None = None,
+    budgets: list[int] | None = None,
 ) -> RunSummary:
     """Run every (backbone, method, seed) cell plus each backbone's dense reference; store cells and report.
+
+    ``budgets`` (fine-tuning steps) make each weight-training chain one cell per budget (see
+    :func:`benchmark.grid.plan.plan_grid`).
 
     Input errors (unknown names, unwritable ``out_dir``, missing CUDA, more FID samples than images,
     no FID Inception weights, an unloadable given checkpoint) raise :class:`BenchmarkError` before any
@@ -80,14 +84,15 @@ def run_grid(
     fid_weights = fid.ensure_weights_available()
     store.ensure_writable()
     dense_ids, dense_paths, failures = _identify_dense(registries, backbones, preset, options, device, progress)
-    cells = plan_grid(registries, chains, backbones, preset, options, seeds, str(device), dense_ids, fid_weights)
+    cells = plan_grid(registries, chains, backbones, preset, options, seeds, str(device), dense_ids, fid_weights,
+                      budgets)
 
     summary = RunSummary()
     pending = []
     for spec in cells:
-        if store.is_complete(spec.backbone, spec.method, spec.seed, spec.config_hash):
-            summary.skipped.append((spec.backbone, spec.method, spec.seed))
-            say(f"{spec.backbone}/{spec.method} seed {spec.seed}: already complete, skipped")
+        if store.is_complete(spec.backbone, spec.method, spec.seed, spec.config_hash, spec.steps):
+            summary.skipped.append(spec.key)
+            say(f"{label(spec.key)}: already complete, skipped")
         else:
             pending.append(spec)
     if pending:
@@ -113,21 +118,21 @@ class _Driver:
         self.dense_hash = {(s.backbone, s.seed): s.config_hash for s in cells if s.method == REFERENCE_METHOD}
 
     def start(self, spec: CellSpec) -> Ticket | None:
-        key, store = (spec.backbone, spec.method, spec.seed), self.store
-        if store.is_complete(*key, spec.config_hash):  # another invocation finished it meanwhile
+        key, store = spec.key, self.store
+        if store.is_complete(*key[:3], spec.config_hash, key.steps):  # another invocation finished it meanwhile
             self.summary.skipped.append(key)
-            self.say(f"{spec.backbone}/{spec.method} seed {spec.seed}: completed by another invocation, skipped")
+            self.say(f"{label(key)}: completed by another invocation, skipped")
             return None
         if (holder := store.claim(*key)) is not None:
             self.summary.claimed.append(key)
-            self.say(f"{spec.backbone}/{spec.method} seed {spec.seed}: being computed by {holder}, skipped")
+            self.say(f"{label(key)}: being computed by {holder}, skipped")
             return None
-        if store.is_complete(*key, spec.config_hash):  # finished between the check and the claim
+        if store.is_complete(*key[:3], spec.config_hash, key.steps):  # finished between the check and the claim
             store.release(*key)
             self.summary.skipped.append(key)
             return None
         self.started += 1
-        self.say(f"[{self.started}/{self.pending}] {spec.backbone}/{spec.method} seed {spec.seed}")
+        self.say(f"[{self.started}/{self.pending}] {label(key)}")
         features = None
         if spec.method != REFERENCE_METHOD:
             features = store.read_features(spec.backbone, spec.seed, self.dense_hash[spec.backbone, spec.seed])
@@ -135,14 +140,20 @@ class _Driver:
 
     def finish(self, result: CellResult) -> None:
         cell, store = result.record, self.store
-        key = (cell["backbone"], cell["method"], cell["seed"])
+        key = CellKey(cell["backbone"], cell["method"], cell["seed"], cell.get("steps"))
         store.write(cell, result.artefacts)
         if result.dense_features is not None:
-            store.write_features(key[0], key[2], self.dense_hash[key[0], key[2]], result.dense_features)
+            store.write_features(key.backbone, key.seed, self.dense_hash[key.backbone, key.seed], result.dense_features)
         store.release(*key)
         (self.summary.ok if cell["status"] == "ok" else self.summary.failed).append(key)
         detail = f"fid {cell['metrics']['fid']:.2f}" if cell["status"] == "ok" else cell["error"]
-        self.say(f"{key[0]}/{key[1]} seed {key[2]}: {cell['status']} in {cell['timings']['total']:.1f} s ({detail})")
+        self.say(f"{label(key)}: {cell['status']} in {cell['timings']['total']:.1f} s ({detail})")
+
+
+def label(key: CellKey) -> str:
+    """``ddpm/asp seed 0``, with ``at 1000 steps`` where the cell has a budget of its own."""
+    steps = "" if key.steps is None else f" at {key.steps} steps"
+    return f"{key.backbone}/{key.method} seed {key.seed}{steps}"
 
 
 @contextmanager

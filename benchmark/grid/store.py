@@ -22,6 +22,8 @@ Cell schema, version 3 (``"schema": 3``)::
     versions     python, torch, diffusers, pytorch-fid, torch-pruning, benchmark
     device       device name, e.g. "cpu" or "NVIDIA H100 80GB HBM3"
     seed         the cell's seed (data order, noise, sampling, FID bootstrap)
+    steps        the fine-tuning budget where a ``--train-steps`` list gave one other than the preset's,
+                 else null (the preset's budget, or a method that trains no weights)
     threads      torch threads of the process that computed the cell (latency pairs ran with them)
     timings      seconds per phase: load (the backbone's dense checkpoint, shared by its cells),
                  prune, metrics, fid, total (their sum); a phase includes any time its worker stood
@@ -33,7 +35,9 @@ Cell schema, version 3 (``"schema": 3``)::
                  dense model and the row's, timed that way; text such as "n/a (needs CUDA sm80+)"
                  where they could not be), speedup (their ratio, or that text), sparsity (share of
                  the dense parameters removed or exactly zero, measured on the model),
-                 masked_sparsity (N:M rows: zeros in the masked layers), train_steps, sample_steps,
+                 masked_sparsity (N:M rows: zeros in the masked layers), loss_after_pruning (chains
+                 that train weights: the noise-prediction MSE on a fixed batch of the data set when
+                 fine-tuning began, :func:`benchmark.training.probe_batch`), train_steps, sample_steps,
                  sampler; a failed cell has the ones measured before it failed
     info         what each method of the chain reported ({method: Pruned.info})
     latency_report  null, or the 2:4 kernel timing report (per layer) where one was measured
@@ -96,13 +100,15 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def cell_stem(backbone: str, method: str, seed: int) -> str:
-    """``{backbone}__{method}__seed{seed}`` with every character outside ``[A-Za-z0-9.+@-]`` percent-encoded.
+def cell_stem(backbone: str, method: str, seed: int, steps: int | None = None) -> str:
+    """``{backbone}__{method}__seed{seed}``, with ``__steps{steps}`` for a fine-tuning budget other than the
+    preset's; every character outside ``[A-Za-z0-9.+@-]`` percent-encoded.
 
-    ``_`` is encoded too, so the ``__`` separator is unambiguous; ``uvit__sparsedm+dipgo@0.3__seed0`` stays
-    readable.
+    ``_`` is encoded too, so the ``__`` separator is unambiguous; ``uvit__sparsedm+dipgo@0.3__seed0`` and
+    ``ddpm__asp__seed0__steps1000`` stay readable.
     """
-    return f"{_safe(backbone)}__{_safe(method)}__seed{int(seed)}"
+    budget = "" if steps is None else f"__steps{int(steps)}"
+    return f"{_safe(backbone)}__{_safe(method)}__seed{int(seed)}{budget}"
 
 
 def _safe(name: str) -> str:
@@ -114,6 +120,13 @@ def _safe(name: str) -> str:
 
 LEASE_SECONDS = 600.0  # a claim not renewed for this long is taken over, from any host
 RENEW_SECONDS = 60.0  # how often a driver renews the claims of the cells it is computing
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back; no file is created in between)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def _read_text(path: Path) -> str | None:
@@ -152,8 +165,8 @@ class CellStore:
         self.cells_dir = self.out_dir / "cells"
         self._held: set[Path] = set()  # claims this process holds
 
-    def path(self, backbone: str, method: str, seed: int) -> Path:
-        return self.cells_dir / f"{cell_stem(backbone, method, seed)}.json"
+    def path(self, backbone: str, method: str, seed: int, steps: int | None = None) -> Path:
+        return self.cells_dir / f"{cell_stem(backbone, method, seed, steps)}.json"
 
     def ensure_writable(self) -> None:
         """Create the folder and prove a file can be written there; raise :class:`BenchmarkError` if not."""
@@ -173,7 +186,8 @@ class CellStore:
         for relative, data in (artefacts or {}).items():
             self._replace(self.out_dir / relative, data)
         text = json.dumps(cell, indent=2, ensure_ascii=False) + "\n"
-        return self._replace(self.path(cell["backbone"], cell["method"], cell["seed"]), text.encode("utf-8"))
+        return self._replace(self.path(cell["backbone"], cell["method"], cell["seed"], cell.get("steps")),
+                             text.encode("utf-8"))
 
     def _replace(self, path: Path, data: bytes) -> Path:
         try:
@@ -182,6 +196,7 @@ class CellStore:
         except OSError as e:
             raise self._unwritable(e) from None
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would keep the results from colleagues
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -192,13 +207,13 @@ class CellStore:
             raise
         return path
 
-    def read(self, backbone: str, method: str, seed: int) -> dict[str, Any] | None:
+    def read(self, backbone: str, method: str, seed: int, steps: int | None = None) -> dict[str, Any] | None:
         """The stored cell, or None when there is none or its file is unreadable (then it warns)."""
-        return self._load(self.path(backbone, method, seed))
+        return self._load(self.path(backbone, method, seed, steps))
 
-    def is_complete(self, backbone: str, method: str, seed: int, config_hash: str) -> bool:
+    def is_complete(self, backbone: str, method: str, seed: int, config_hash: str, steps: int | None = None) -> bool:
         """True only for an ``ok`` cell of this schema computed under the same configuration."""
-        cell = self.read(backbone, method, seed)
+        cell = self.read(backbone, method, seed, steps)
         return (
             cell is not None
             and cell.get("schema") == SCHEMA_VERSION
@@ -206,7 +221,7 @@ class CellStore:
             and cell.get("config_hash") == config_hash
         )
 
-    def claim(self, backbone: str, method: str, seed: int) -> str | None:
+    def claim(self, backbone: str, method: str, seed: int, steps: int | None = None) -> str | None:
         """Claim a cell for this process as it starts; None when claimed, else who holds it (``host pid``).
 
         A claim is a ``cells/.{stem}.claim`` file created exclusively, so of two invocations on one run
@@ -217,7 +232,7 @@ class CellStore:
         both take over one claim (on filesystems where ``flock`` is not shared between hosts, two hosts
         taking over the same dead claim in the same instant could both compute it).
         """
-        path = self._claim_path(backbone, method, seed)
+        path = self._claim_path(backbone, method, seed, steps)
         mine = f"{platform.node()} {os.getpid()}"
         for _ in range(2):
             try:
@@ -249,13 +264,13 @@ class CellStore:
             self._held.discard(path)
             path.unlink(missing_ok=True)
 
-    def release(self, backbone: str, method: str, seed: int) -> None:
-        path = self._claim_path(backbone, method, seed)
+    def release(self, backbone: str, method: str, seed: int, steps: int | None = None) -> None:
+        path = self._claim_path(backbone, method, seed, steps)
         self._held.discard(path)
         path.unlink(missing_ok=True)
 
-    def _claim_path(self, backbone: str, method: str, seed: int) -> Path:
-        return self.cells_dir / f".{cell_stem(backbone, method, seed)}.claim"
+    def _claim_path(self, backbone: str, method: str, seed: int, steps: int | None = None) -> Path:
+        return self.cells_dir / f".{cell_stem(backbone, method, seed, steps)}.claim"
 
     @contextmanager
     def _claims_lock(self) -> Iterator[None]:

@@ -92,7 +92,9 @@ def map_fid_helper_weights(torchscript: Path) -> dict[str, torch.Tensor]:
 def _inception_from_file(state_path: Path) -> InceptionV3:
     """pytorch-fid's pool3 InceptionV3 with its weight download replaced by loading ``state_path``."""
     download = pytorch_fid.inception.load_state_dict_from_url
-    pytorch_fid.inception.load_state_dict_from_url = lambda url, **kwargs: torch.load(state_path, map_location="cpu")
+    pytorch_fid.inception.load_state_dict_from_url = lambda url, **kwargs: torch.load(
+        state_path, map_location="cpu", weights_only=True
+    )
     try:
         return InceptionV3([_POOL3_BLOCK])
     finally:

@@ -1,0 +1,123 @@
+"""Rankings per fine-tuning budget: which method to use at N steps, and how cheap a budget still ranks the
+methods as the largest one does.
+
+Within a backbone and a budget the weight-training rows are ranked by FID with ties: a row's rank is one
+plus the number of rows whose FID is lower beyond noise (the leaderboard's Welch test over seeds), so rows
+that cannot be told apart share a rank. Each budget's ranking is compared with the largest budget's by
+Kendall's tau-b over the rows present at both, and the pairs whose order flips beyond noise are named; the
+loss right after pruning is compared with the final FID by Spearman's rank correlation.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+from scipy import stats
+
+from benchmark import significance
+
+MIN_ROWS = 3  # fewer rows than this give no rank correlation
+
+
+def weight_training_rows(cells: pd.DataFrame) -> pd.DataFrame:
+    """The ok per-seed cells of chains that trained weights, with their budget as ``steps``."""
+    ok = cells[cells["status"] == "ok"].copy()
+    ok["steps"] = pd.to_numeric(ok["train_steps"], errors="coerce")
+    ok["fid"] = pd.to_numeric(ok["fid"], errors="coerce")
+    return ok[(ok["steps"] > 0) & ok["fid"].notna()]
+
+
+def ranks(groups: dict[str, pd.DataFrame]) -> dict[str, int]:
+    """Each row's rank: one plus the number of rows with a lower FID beyond noise."""
+    def better(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+        return significance.compare(_fids(a), _sds(a), _fids(b), _sds(b)).verdict == "lower"
+
+    return {m: 1 + sum(better(other, mine) for o, other in groups.items() if o != m) for m, mine in groups.items()}
+
+
+def swaps(at: dict[str, pd.DataFrame], largest: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
+    """Pairs ``(a, b)`` with ``a`` lower than ``b`` beyond noise at one budget and higher beyond noise at the largest."""
+    def verdict(groups: dict[str, pd.DataFrame], a: str, b: str) -> str:
+        return significance.compare(_fids(groups[a]), _sds(groups[a]), _fids(groups[b]), _sds(groups[b])).verdict
+
+    common = sorted(at.keys() & largest.keys())
+    return [(a, b) for a in common for b in common
+            if a != b and verdict(at, a, b) == "lower" and verdict(largest, a, b) == "higher"]
+
+
+def budget_table(cells: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per backbone with at least two budgets: the budgets, each row's FID mean and rank per budget, Kendall's
+    tau of each budget's ranks against the largest's, the swapped pairs, and the loss-after-pruning vs FID
+    correlation per budget."""
+    rows = weight_training_rows(cells)
+    result: dict[str, dict[str, Any]] = {}
+    for backbone, mine in rows.groupby("backbone", sort=True):
+        budgets = sorted(int(s) for s in mine["steps"].unique())
+        if len(budgets) < 2:
+            continue
+        groups = {b: {m: g for m, g in mine[mine["steps"] == b].groupby("method")} for b in budgets}
+        ranked = {b: ranks(groups[b]) for b in budgets}
+        largest = budgets[-1]
+        result[backbone] = {
+            "budgets": budgets,
+            "fid": {b: {m: float(g["fid"].mean()) for m, g in groups[b].items()} for b in budgets},
+            "ranks": ranked,
+            "tau": {b: _tau(ranked[b], ranked[largest]) for b in budgets[:-1]},
+            "swaps": {b: swaps(groups[b], groups[largest]) for b in budgets[:-1]},
+            "loss_vs_fid": {b: _loss_correlation(groups[b]) for b in budgets},
+        }
+    return result
+
+
+def _tau(mine: dict[str, int], theirs: dict[str, int]) -> tuple[float, int]:
+    common = sorted(mine.keys() & theirs.keys())
+    if len(common) < MIN_ROWS:
+        return float("nan"), len(common)
+    tau = stats.kendalltau([mine[m] for m in common], [theirs[m] for m in common]).statistic
+    return float(tau), len(common)
+
+
+def _loss_correlation(groups: dict[str, pd.DataFrame]) -> tuple[float, int]:
+    pairs = [(pd.to_numeric(g["loss_after_pruning"], errors="coerce").mean(), g["fid"].mean()) for g in groups.values()]
+    pairs = [(loss, fid) for loss, fid in pairs if math.isfinite(loss)]
+    if len(pairs) < MIN_ROWS:
+        return float("nan"), len(pairs)
+    return float(stats.spearmanr(*zip(*pairs)).statistic), len(pairs)
+
+
+def _fids(group: pd.DataFrame) -> list[float]:
+    return group["fid"].tolist()
+
+
+def _sds(group: pd.DataFrame) -> list[float]:
+    return pd.to_numeric(group["fid_sd"], errors="coerce").fillna(0.0).tolist()
+
+
+def render(table: dict[str, dict[str, Any]]) -> str:
+    """The per-budget rankings as Markdown: one section per backbone."""
+    lines = ["# Rankings per fine-tuning budget", "",
+             "Mean FID over seeds (rank: one plus the rows lower beyond noise, so ties share a rank); Kendall's "
+             "tau-b of each budget's ranks against the largest budget's; pairs whose order flips beyond noise; "
+             "Spearman's rho of the loss right after pruning against the final FID.", ""]
+    for backbone, entry in table.items():
+        budgets, largest = entry["budgets"], entry["budgets"][-1]
+        methods = sorted({m for b in budgets for m in entry["fid"][b]}, key=lambda m: entry["ranks"][largest].get(m, 99))
+        lines += [f"## {backbone}", "", "| method | " + " | ".join(f"{b} steps" for b in budgets) + " |",
+                  "|---|" + "---|" * len(budgets)]
+        for method in methods:
+            cells = [f"{entry['fid'][b][method]:.2f} ({entry['ranks'][b][method]})" if method in entry["fid"][b] else ""
+                     for b in budgets]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for b in budgets[:-1]:
+            tau, n = entry["tau"][b]
+            flips = ", ".join(f"{a} < {c}" for a, c in entry["swaps"][b]) or "none"
+            same = "yes" if entry["ranks"][b] == {m: entry["ranks"][largest][m] for m in entry["ranks"][b]} else "no"
+            lines.append(f"- {b} steps vs {largest}: tau {tau:.2f} over {n} rows; same ranks: {same}; "
+                         f"flipped beyond noise (order at {b}): {flips}")
+        for b in budgets:
+            rho, n = entry["loss_vs_fid"][b]
+            lines.append(f"- loss after pruning vs FID at {b} steps: rho {rho:.2f} over {n} rows")
+        lines.append("")
+    return "\n".join(lines)

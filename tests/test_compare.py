@@ -1,0 +1,58 @@
+"""``compare`` and ``rerun-diff``: the analyses behind the published verdicts, as commands on any run."""
+from __future__ import annotations
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.grid.store import CellStore
+from test_results import make_cell
+
+FIDS = {"sparsedm": [20.0, 21.0, 20.5], "ste": [30.0, 31.0, 30.5], "asp": [20.4, 20.9, 21.1]}
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    store = CellStore(tmp_path / "run")
+    for method, fids in FIDS.items():
+        for seed, fid in enumerate(fids):
+            store.write(make_cell("uvit", method, fid=fid, seed=seed))
+    return store.out_dir
+
+
+def run_main(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_two_rows_are_tested_per_backbone(run_dir, capsys):
+    code, out, _ = run_main(capsys, "compare", run_dir, "sparsedm", "ste")
+    assert code == 0 and "| uvit | sparsedm vs ste | -10.00 |" in out and "lower (n = 3, 3)" in out
+    _, out, _ = run_main(capsys, "compare", run_dir, "sparsedm", "asp")
+    assert "tie (n = 3, 3)" in out
+
+
+def test_claims_test_what_the_run_has(run_dir, capsys):
+    code, out, _ = run_main(capsys, "compare", run_dir, "--claims")
+    assert code == 0
+    assert "SparseDM transfer beats STE at 2:4: sparsedm vs ste | -10.00" in out
+    assert "STE beats one-shot ASP at 2:4: ste vs asp (fid_to_dense) | +0.00" in out
+    assert "dipgo" not in out.split("###")[0]  # claims whose rows the run lacks are left out
+
+
+def test_bad_rows_get_one_line(run_dir, capsys):
+    code, _, err = run_main(capsys, "compare", run_dir, "sparsedm", "dipgo")
+    assert code == 2 and "no ok row 'dipgo'" in err and "rows: asp, sparsedm, ste" in err
+    code, _, err = run_main(capsys, "compare", run_dir, "sparsedm")
+    assert code == 2 and "compare needs two rows or --claims, got 1 row(s)" in err
+
+
+def test_rerun_diff_sets_equal_cells_side_by_side(run_dir, tmp_path, capsys):
+    other = CellStore(tmp_path / "rerun")
+    for method, fids in FIDS.items():
+        for seed, fid in enumerate(fids):
+            other.write(make_cell("uvit", method, fid=fid + (3.0 if method == "ste" and seed == 0 else 0.0), seed=seed))
+    code, out, _ = run_main(capsys, "rerun-diff", run_dir, tmp_path / "rerun")
+    assert code == 0 and "9 cells with equal config hashes" in out
+    assert "| uvit__ste__seed0 | 30.000 | 33.000 | -3.000 |" in out
+    assert "8 of 9 FIDs agree within 0.001" in out
