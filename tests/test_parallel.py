@@ -198,3 +198,21 @@ def test_jobs_are_checked_and_default_to_one_worker_per_core():
     assert isinstance(make_executor("local", device="cuda"), LocalExecutor)  # one GPU
     with pytest.raises(BenchmarkError, match="--jobs 0 is not possible: use 1 or more worker processes"):
         make_executor("local", jobs=0)
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_keeping_finished_cells_and_no_claims(registries, tmp_path):
+    env = {MARKER: os.environ[MARKER], LOG: str(tmp_path / "computed.log"),
+           "DIFFPRUNE_BENCH_QUIET_DIR": str(quiet.registry_dir())}
+    process = multiprocessing.get_context("spawn").Process(
+        target=_invoke, args=(str(checkpoints.dense_checkpoint()), str(tmp_path / "run"), env))
+    process.start()
+    cells = tmp_path / "run" / "cells"
+    deadline = time.monotonic() + 120
+    while not list(cells.glob("*.json")) and time.monotonic() < deadline:  # wait for a finished cell
+        time.sleep(0.1)
+    process.terminate()  # SIGTERM
+    process.join(60)
+    assert process.exitcode not in (0, None)
+    kept = CellStore(tmp_path / "run").all_cells()
+    assert kept and all(c["status"] == "ok" for c in kept)
+    assert not list(cells.glob(".*.claim"))  # released on the way out
