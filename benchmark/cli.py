@@ -1,5 +1,5 @@
 """The command line: ``python -m benchmark {list,run,leaderboard,compare,rerun-diff,check-dense,train-dense,
-prune,dipgo-convergence,latency}``.
+train-classifier,prune,dipgo-convergence,latency}``.
 
 Mistakes in the input (unknown names, malformed values, unwritable paths, missing CUDA) end with one
 ``error: ...`` line on stderr and exit code 2; a run in which some cell failed exits with 1.
@@ -170,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the training state saved every 500 steps beside --out")
     dense.add_argument("--quiet", action="store_true", help="no progress bar")
     dense.set_defaults(handler=train_dense_command)
+
+    classifier = command("train-classifier", "train the digit classifier behind the prompt-adherence column and "
+                                             "print its held-out accuracy")
+    classifier.add_argument("--steps", type=positive_int, default=3000, metavar="N", help="default: 3000")
+    classifier.add_argument("--seed", type=seed_int, default=0, metavar="N", help="default: 0")
+    classifier.add_argument("--out", type=Path, metavar="PATH",
+                            help="default: the shipped file benchmark/metrics/weights/mnist16-classifier.pt")
+    classifier.set_defaults(handler=train_classifier_command)
 
     prune = command("prune", "apply one method or chain to one backbone's dense model without fine-tuning and show "
                              "what it changed (params, MACs, per layer or per step); save the pruned model")
@@ -392,6 +400,17 @@ def train_dense_command(args: argparse.Namespace) -> int:
         backbone, preset, steps, args.seed, out, not args.quiet, device=device, resume=args.resume
     )
     print(path)
+    return 0
+
+
+def train_classifier_command(args: argparse.Namespace) -> int:
+    from benchmark.data import load_dataset, load_labels
+    from benchmark.metrics import adherence
+
+    out = args.out or adherence.WEIGHTS_DIR / adherence.CLASSIFIERS["mnist16"]
+    model, accuracy = adherence.train_classifier(load_dataset("mnist16"), load_labels("mnist16"), args.steps, args.seed)
+    adherence.write_classifier(model, accuracy, args.steps, out)
+    print(f"{out}: held-out accuracy {accuracy:.4f} on {adherence.HELD_OUT} digits")
     return 0
 
 
