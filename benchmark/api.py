@@ -202,6 +202,9 @@ class Backbone(abc.ABC):
     previous step's inputs, so skip schedules reuse those too (:func:`benchmark.skipping.cascade`)."""
     u_shaped: ClassVar[bool] = True
     """False for a flat stack of blocks (DiT); True when :meth:`blocks` pairs input and output sides."""
+    in_all: ClassVar[bool] = True
+    """Whether ``--backbones all`` includes it; one that would push the default run past its time budget runs
+    when named."""
     conditional: ClassVar[bool] = False
     """True for a text-to-image backbone: its network reads the prompt's context from
     :func:`benchmark.conditioning.current` (its empty prompt when none is current), :meth:`prompts` says how

@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", default="all", metavar="LIST",
                      help="'all' or a comma list; 'a+b' chains methods; 'name@value' sets a method's knob, one "
                           "cell per operating point, e.g. dipgo@0.3,dipgo@0.7,diff-pruning@0.3 (default: all)")
-    run.add_argument("--backbones", default="all", metavar="LIST", help="'all' or a comma list (default: all)")
+    run.add_argument("--backbones", default="all", metavar="LIST",
+                     help="'all' (those `list` marks 'in all') or a comma list (default: all)")
     run.add_argument("--preset", default="tiny", choices=list(PRESETS), help="budget preset (default: tiny)")
     run.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<preset>)")
     seeds = run.add_mutually_exclusive_group()
@@ -287,12 +288,13 @@ def list_command(args: argparse.Namespace) -> int:
 
     registries = build_registries()
     rows = [
-        (kind, entry.obj.name, entry.obj.version, getattr(entry.obj, "knob", None) or "", entry.source,
+        (kind, entry.obj.name, entry.obj.version, getattr(entry.obj, "knob", None) or "",
+         "yes" if getattr(entry.obj, "in_all", True) else "no (when named)", entry.source,
          registries.versions.get(entry.source, ""), entry.obj.description)
         for kind, registry in (("backbone", registries.backbones), ("method", registries.methods))
         for entry in registry.entries()
     ]
-    headers = ("kind", "name", "version", "knob (name@value)", "plugin", "plugin version", "description")
+    headers = ("kind", "name", "version", "knob (name@value)", "in all", "plugin", "plugin version", "description")
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     return 0
 

@@ -230,3 +230,14 @@ def test_every_method_runs_on_the_text_to_image_backbone(tmp_path, monkeypatch):
     assert "x 2 guidance branches" in dense["latency_mode"]
     assert cells["dipgo"]["metrics"]["sparse_macs_g"] < dense["macs_g"]
     assert cells["diff-pruning"]["metrics"]["params_m"] < dense["params_m"]
+    board = {r["method"]: r for r in json.loads((out / "leaderboard.json").read_text())["records"]}
+    assert board["dense"]["prompt_adherence"] == pytest.approx(dense["prompt_adherence"])  # one seed: the cell's
+    assert "prompt_adherence ↑" in (out / "leaderboard.md").read_text()
+
+
+def test_all_backbones_leave_the_text_to_image_one_out_unless_named():
+    from benchmark.plugins import build_registries
+
+    backbones = build_registries().backbones
+    assert "sd" not in backbones.select("all") and {"uvit", "ddpm", "dit"} <= set(backbones.select("all"))
+    assert backbones.select("sd") == ["sd"]
