@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -453,6 +454,7 @@ def check_dense_command(args: argparse.Namespace) -> int:
     from benchmark.metrics import fid
     from benchmark.plugins import build_registries
 
+    start = time.perf_counter()
     registries = build_registries()
     preset = get_preset(args.preset)
     backbones = registries.backbones.select(args.backbones)
@@ -469,7 +471,7 @@ def check_dense_command(args: argparse.Namespace) -> int:
         path = checkpoints.dense_checkpoint(backbone, preset, options, "cpu", progress=False)
         rows.append(convergence.check(backbone, preset, path, sorted(args.steps), real, floor, scorer, args.seed,
                                       args.grids))
-    print(convergence.render(rows, floor, n, args.seed))
+    print(convergence.render(rows, floor, n, args.seed, time.perf_counter() - start))
     return 0
 
 

@@ -13,12 +13,14 @@ prompt per column, so a person sees whether the digits match).
 from __future__ import annotations
 
 import dataclasses
+import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from benchmark import significance
+from benchmark.grid.store import environment_versions
 
 if TYPE_CHECKING:
     from benchmark.api import Backbone
@@ -65,7 +67,7 @@ def check(backbone: Backbone, preset: Preset, path: Path, steps: list[int], real
             "bounded": None if at_preset is None else at_preset.value <= FLOOR_FACTOR * floor.value}
 
 
-def render(rows: list[dict[str, Any]], floor: FIDEstimate, n: int, seed: int) -> str:
+def render(rows: list[dict[str, Any]], floor: FIDEstimate, n: int, seed: int, wall_s: float) -> str:
     steps = sorted(rows[0]["estimates"]) if rows else []
     lines = [f"# Convergence of the dense references (seed {seed}, FID@{n}, 95% bootstrap intervals)", "",
              f"Real-vs-real floor FID@{n}: {floor.value:.2f} ± {floor.high - floor.value:.2f} (held-out images against "
@@ -81,4 +83,6 @@ def render(rows: list[dict[str, Any]], floor: FIDEstimate, n: int, seed: int) ->
         adherent = "n/a" if held is None else (f"{held['prompt_adherence']:.3f} [{held['prompt_adherence_low']:.3f}, "
                                                f"{held['prompt_adherence_high']:.3f}]")
         lines.append(f"| {row['backbone']} | {row['checkpoint'][:19]}… | {cells} | {monotone} | {bounded} | {adherent} |")
+    versions = ", ".join(f"{name} {version}" for name, version in environment_versions().items())
+    lines += ["", f"{versions}; {platform.machine()}, {torch.get_num_threads()} threads; wall time {wall_s:.0f} s"]
     return "\n".join(lines)
