@@ -101,6 +101,15 @@ def diffusers_weights(model: nn.Module, path: str, subfolder: str, ignored: Call
     return weights[0]
 
 
+def unet_blocks(unet: nn.Module, prefix: str = "unet") -> list[tuple[str, nn.Module]]:
+    """A diffusers UNet's down blocks, mid block and up blocks, as ``(qualified name, module)``."""
+    return [
+        *((f"{prefix}.down_blocks.{i}", blk) for i, blk in enumerate(unet.down_blocks)),
+        (f"{prefix}.mid_block", unet.mid_block),
+        *((f"{prefix}.up_blocks.{i}", blk) for i, blk in enumerate(unet.up_blocks)),
+    ]
+
+
 class DDPMBackbone(Backbone):
     name = "ddpm"
     version = "1"
@@ -121,12 +130,7 @@ class DDPMBackbone(Backbone):
         load_state_dict_strict(model.unet, _unet_state_dict(read_state_dict(path)), path)
 
     def blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        unet = model.unet
-        return [
-            *((f"unet.down_blocks.{i}", blk) for i, blk in enumerate(unet.down_blocks)),
-            ("unet.mid_block", unet.mid_block),
-            *((f"unet.up_blocks.{i}", blk) for i, blk in enumerate(unet.up_blocks)),
-        ]
+        return unet_blocks(model.unet)
 
     def kept_dense(self, model: nn.Module) -> list[str]:
         return ["unet.conv_in", "unet.conv_out"]

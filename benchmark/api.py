@@ -16,8 +16,8 @@ from torch import nn
 from benchmark.errors import BenchmarkError, CheckpointMismatchError, PluginContractError
 
 __all__ = [  # the errors are part of the plugin contract: plugins import them from here
-    "Backbone", "BenchmarkError", "ChannelPruning", "CheckpointMismatchError", "KNOBS", "Method", "MethodContext",
-    "NMPattern", "PluginContractError", "Pruned", "RunOptions", "StructuralTarget",
+    "Backbone", "BenchmarkError", "ChannelPruning", "CheckpointMismatchError", "KNOBS", "LatentSpace", "Method",
+    "MethodContext", "NMPattern", "PluginContractError", "Prompts", "Pruned", "RunOptions", "StructuralTarget",
 ]
 
 if TYPE_CHECKING:
@@ -162,6 +162,34 @@ class ChannelPruning:
     unwrapped: dict[str, int] = field(default_factory=dict)
 
 
+class LatentSpace(abc.ABC):
+    """How a latent backbone maps the preset's images to the space it denoises, and back (a frozen VAE)."""
+
+    shape: tuple[int, int, int]  # (channels, height, width) of one latent
+
+    @abc.abstractmethod
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> latents (scaled as the network was trained on them)."""
+
+    @abc.abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [-1, 1]; differentiable (DiP-GO compares decoded trajectories)."""
+
+
+class Prompts(abc.ABC):
+    """What a text-conditioned backbone is told: prompt ``i`` of ``classes`` names the data set's label ``i``."""
+
+    classes: int
+
+    @abc.abstractmethod
+    def text(self, label: int) -> str:
+        """The prompt of ``label`` (:data:`benchmark.conditioning.EMPTY_PROMPT`: the empty prompt)."""
+
+    @abc.abstractmethod
+    def encode(self, labels: torch.Tensor) -> torch.Tensor:
+        """The text encoder's context ``[B, tokens, dims]`` for a ``[B]`` long tensor of labels (-1: empty)."""
+
+
 class Backbone(abc.ABC):
     """A diffusion network family. Subclasses set the class fields and implement :meth:`build`."""
 
@@ -174,6 +202,13 @@ class Backbone(abc.ABC):
     previous step's inputs, so skip schedules reuse those too (:func:`benchmark.skipping.cascade`)."""
     u_shaped: ClassVar[bool] = True
     """False for a flat stack of blocks (DiT); True when :meth:`blocks` pairs input and output sides."""
+    in_all: ClassVar[bool] = True
+    """Whether ``--backbones all`` includes it; one that would push the default run past its time budget runs
+    when named."""
+    conditional: ClassVar[bool] = False
+    """True for a text-to-image backbone: its network reads the prompt's context from
+    :func:`benchmark.conditioning.current` (its empty prompt when none is current), :meth:`prompts` says how
+    labels become contexts, and the preset's guidance settings apply to it."""
 
     @abc.abstractmethod
     def build(self, preset: "Preset") -> nn.Module:
@@ -228,9 +263,23 @@ class Backbone(abc.ABC):
         return {}
 
     def example_inputs(self, preset: "Preset", batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs for MACs counting and latency: ``(x, t)`` for a batch of ``batch`` images."""
+        """Inputs for MACs counting and latency: ``(x, t)`` for a batch of ``batch`` images (latents of a latent
+        backbone; the harness doubles them where guidance evaluates two branches per image)."""
         x = torch.randn(batch, preset.channels, preset.image_size, preset.image_size)
         return x, torch.full((batch,), 500, dtype=torch.long)
+
+    def latent_space(self, preset: "Preset") -> LatentSpace | None:
+        """The frozen autoencoder between the preset's images and what the network denoises; None (the
+        default) for a pixel-space backbone."""
+        return None
+
+    def prompts(self, preset: "Preset") -> Prompts | None:
+        """The prompts and text encoder of a :attr:`conditional` backbone; None (the default) otherwise."""
+        return None
+
+    def prepare(self, preset: "Preset", device: torch.device, progress: bool = True) -> None:
+        """Make the frozen parts the backbone needs at ``preset`` before its dense model is trained (e.g.
+        train a tiny VAE); nothing by default."""
 
 
 @dataclass
@@ -269,6 +318,8 @@ class MethodContext:
     probe: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # fixed (x_t, t, noise) of the data set
     measured: dict[str, float] = field(default_factory=dict)  # what the shared training loop measured, e.g.
     # loss_after_pruning: the probe's loss when the first training step of the cell began
+    labels: Callable[[], Iterator[torch.Tensor]] | None = None  # a conditional backbone's labels, batch by batch
+    # beside ``batches`` (the shared training loop makes them current; methods need not look)
 
 
 class Method(abc.ABC):

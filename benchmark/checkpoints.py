@@ -18,6 +18,7 @@ import backbones
 from benchmark.api import Backbone, BenchmarkError, MethodContext, RunOptions
 from benchmark.data import batch_stream, cache_dir, load_dataset
 from benchmark.diffusion import Diffusion
+from benchmark.generation import training_set
 from benchmark.presets import Preset
 from benchmark.training import Optimisation, TrainingStream, train
 
@@ -153,6 +154,7 @@ def train_dense(
         "steps": steps,
         "seed": seed,
     }
+    backbone.prepare(preset, device, progress)  # frozen parts first (a tiny VAE), so build() can use them
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = backbone.build(preset).to(device)
@@ -160,25 +162,32 @@ def train_dense(
     saved = _read_resume_state(resume_path, identity) if resume_path.exists() else None
     if saved is not None and not resume:
         raise BenchmarkError(f"an unfinished training run is saved at {resume_path}; pass --resume or delete it")
-    images = load_dataset(preset.dataset)
+    data = training_set(backbone, preset, load_dataset(preset.dataset))
     start = saved["step"] if saved else 0
+
+    def labels(first: int = 0):
+        return None if data.labels is None else batch_stream(data.labels, preset.batch_size, seed, first)
+
     if saved:
         model.load_state_dict(saved["model"])
         optimisation.load_state_dict(saved["optimisation"])
-        stream = TrainingStream.resume(batch_stream(images, preset.batch_size, seed, start), saved["generator"], start)
+        stream = TrainingStream.resume(batch_stream(data.x0, preset.batch_size, seed, start), saved["generator"], start,
+                                       labels(start))
     else:
-        stream = TrainingStream(batch_stream(images, preset.batch_size, seed), torch.Generator().manual_seed(seed))
+        stream = TrainingStream(batch_stream(data.x0, preset.batch_size, seed), torch.Generator().manual_seed(seed),
+                                labels=labels())
     ctx = MethodContext(
         backbone=backbone,
         preset=preset,
         options=RunOptions(),
-        diffusion=Diffusion.for_preset(preset),
+        diffusion=Diffusion.for_backbone(backbone, preset),
         teacher=model,
-        batches=lambda: batch_stream(images, preset.batch_size, seed),
+        batches=lambda: batch_stream(data.x0, preset.batch_size, seed),
         train_steps=steps,
         seed=seed,
         device=device,
         progress=progress,
+        labels=None if data.labels is None else labels,
     )
     loss_curve: list[list[float]] = saved["loss_curve"] if saved else []  # [step, mean loss of the interval]
     wall = saved["wall_s"] if saved else 0.0

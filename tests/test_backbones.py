@@ -37,7 +37,7 @@ def _builtin_backbones() -> dict[str, Backbone]:
 
 BUILTIN = _builtin_backbones()
 BACKBONES = list(BUILTIN)
-BLOCKS = {"uvit": 7, "ddpm": 7, "dit": 6}  # skippable blocks of each tiny layout
+BLOCKS = {"uvit": 7, "ddpm": 7, "dit": 6, "sd": 7}  # skippable blocks of each tiny layout
 
 # Every key of the official cifar10_uvit_small.pth (baofff/U-ViT, libs/uvit.py, U-ViT-S/2) and its shape.
 _UVIT_TOP_KEYS = {
@@ -116,15 +116,15 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def outputs(model: nn.Module, seed: int = 1) -> torch.Tensor:
+def outputs(model: nn.Module, seed: int = 1, shape: tuple[int, ...] = (TINY.channels, TINY.image_size, TINY.image_size)) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, TINY.channels, TINY.image_size, TINY.image_size, generator=generator)
+    x = torch.randn(2, *shape, generator=generator)
     with torch.no_grad():
         return model(x, torch.tensor([3, 870]))
 
 
 def test_registered_backbones(backbones):
-    assert sorted(backbones) == ["ddpm", "dit", "uvit"]
+    assert sorted(backbones) == ["ddpm", "dit", "sd", "uvit"]
     assert all(b.version and b.description for b in backbones.values())
 
 
@@ -200,9 +200,10 @@ def test_own_state_dict_round_trips(backbones, name, tmp_path):
     path = tmp_path / "dense.pt"
     torch.save(trained.state_dict(), path)
     fresh = backbone.build(TINY)
-    assert not torch.equal(outputs(fresh), outputs(trained))
+    shape = backbone.example_inputs(TINY)[0].shape[1:]
+    assert not torch.equal(outputs(fresh, shape=shape), outputs(trained, shape=shape))
     backbone.load_checkpoint(fresh, str(path))
-    assert torch.equal(outputs(fresh), outputs(trained))
+    assert torch.equal(outputs(fresh, shape=shape), outputs(trained, shape=shape))
 
 
 @pytest.mark.parametrize("name, other", list(itertools.permutations(BACKBONES, 2)))
@@ -331,7 +332,8 @@ def test_time_enters_every_block_tells_whether_reusing_the_first_block_freezes_t
     """Step 1 reuses in_blocks.0 and runs the rest; it matches reusing everything iff time enters only there."""
     backbone = backbones[name]
     model = backbone.build(TINY).eval()
-    (x0, _), x1 = backbone.example_inputs(TINY, batch=2), torch.randn(2, TINY.channels, TINY.image_size, TINY.image_size)
+    x0, _ = backbone.example_inputs(TINY, batch=2)
+    x1 = torch.randn_like(x0)
     blocks = backbone.blocks(model)
     n = len(blocks)
     outs = []

@@ -20,4 +20,6 @@ def test_the_command_checks_the_tiny_reference(capsys, tmp_path):
     out = capsys.readouterr().out
     assert code == 0 and "Real-vs-real floor FID@8" in out
     row = next(line for line in out.splitlines() if line.startswith("| ddpm |"))
-    assert row.count("±") == 2 and row.endswith("| n/a |")  # 50 steps (the preset's) not among 2,4: no bound
+    assert row.count("±") == 2 and row.endswith("| n/a | n/a |")  # 50 steps (the preset's) not among 2,4: no bound;
+    # unconditional: no prompt adherence
+    assert "torch 2." in out.splitlines()[-1] and "wall time" in out.splitlines()[-1]

@@ -313,6 +313,8 @@ def test_seeds_are_cells_of_their_own_and_the_leaderboard_aggregates_them(regist
     assert dense["seeds"] == 3 and dense["fid_low"] < dense["fid"] < dense["fid_high"] and dense["fid_std"] > 0
     counting = next(r for r in board if r["method"] == "counting")
     assert counting["vs_reference"].startswith("= tie with dense")  # the same model: no difference
+    assert dense["prompt_adherence"] is None  # an unconditional backbone: no such column in the table
+    assert "prompt_adherence" not in (tmp_path / "leaderboard.md").read_text()
 
 
 def test_every_fid_carries_a_bootstrap_interval(registries, tmp_path):

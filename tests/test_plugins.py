@@ -12,7 +12,7 @@ from benchmark.api import Method, MethodContext, PluginContractError, Pruned
 from benchmark.plugins import DEFAULT_PLUGINS, DISABLE_AUTOLOAD_ENV, build_registries, get_plugin_manager
 from benchmark.registry import DuplicateNameError, UnknownNameError
 
-BUILTIN_BACKBONES = {"uvit", "ddpm", "dit"}
+BUILTIN_BACKBONES = {"uvit", "ddpm", "dit", "sd"}
 BUILTIN_METHODS = {
     "dense", "dense-ft", "asp", "ste", "progressive", "sparsedm", "sparsedm-chained", "dipgo", "uniform-skip",
     "diff-pruning", "l1-channel", "scratch",

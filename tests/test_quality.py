@@ -35,7 +35,7 @@ def test_shipped_dense_checkpoint_beats_untrained(name, scorer_and_reference):
     backbone = BACKBONES.get(name)
     path = find_dense_checkpoint(backbone, TINY, RunOptions())
     assert path is not None and "backbones" in path.parts, f"no shipped tiny checkpoint for {name}"
-    diffusion = Diffusion.for_preset(TINY)
+    diffusion = Diffusion.for_backbone(backbone, TINY)
 
     def fid_of(model: torch.nn.Module) -> float:
         samples = diffusion.sample(model, N, N, torch.Generator().manual_seed(0))

@@ -118,7 +118,7 @@ def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, 
     if isinstance(loaded, BaseException):
         raise RuntimeError(f"no dense model for {spec.backbone!r}: {loaded}") from loaded
     dense, timings["load"] = loaded
-    diffusion = Diffusion.for_preset(shared.preset)
+    diffusion = Diffusion.for_backbone(backbone, shared.preset)
     stem = cell_stem(*spec.key)
 
     with _timed(timings, "prune"):
@@ -134,7 +134,8 @@ def _compute(spec: CellSpec, shared: Shared, dense_features: np.ndarray | None, 
     model = state.model.eval()
     with _timed(timings, "metrics"), torch.no_grad():
         inputs = tuple(x.to(shared.device) for x in backbone.example_inputs(shared.preset, 1))
-        metrics.update(measure.macs(backbone, state, inputs))
+        branches = 1 if diffusion.guidance is None else diffusion.guidance.branches
+        metrics.update(measure.macs(backbone, state, inputs, branches))
         with quiet.quiet():  # no other worker of this machine computes while the pair is timed
             pair, record["latency_report"] = measure.latency(
                 backbone, shared.preset, dense, diffusion, state, spec.seed, shared.device
@@ -182,15 +183,19 @@ def _quality(
 
     ``fid`` is against real images; ``fid_to_dense`` against the dense model's samples from the same
     noise, i.e. how far the method moves the dense sampler's distribution (0 for ``dense``). Each comes
-    with the sd and 95% interval of a bootstrap over the generated samples.
+    with the sd and 95% interval of a bootstrap over the generated samples. A guided backbone's samples are
+    also scored for ``prompt_adherence`` (:mod:`benchmark.metrics.adherence`); its grid has one prompt per column.
     """
     from benchmark import plots
-    from benchmark.metrics import fid
+    from benchmark.metrics import adherence, fid
 
     n = len(shared.real_features)
     samples = _samples(shared, backbone, model, diffusion, schedule, n, spec.seed)
+    labels = diffusion.sample_labels(0, n)
+    adherent = {} if labels is None else adherence.prompt_adherence(shared.preset.dataset, samples, labels)
     buffer = io.BytesIO()
-    plots.save_grid(samples[:GRID_IMAGES], buffer)
+    columns = 8 if diffusion.guidance is None else diffusion.guidance.prompts.classes
+    plots.save_grid(samples[:GRID_IMAGES - GRID_IMAGES % columns], buffer, nrow=columns)
     result.artefacts[f"samples/{stem}.png"] = buffer.getvalue()
     features = shared.scorer.features(samples)
     if spec.method == REFERENCE_METHOD:
@@ -204,9 +209,10 @@ def _quality(
     return {
         **_estimate("fid", fid.bootstrap_fid(features, shared.real_features, FID_RESAMPLES, spec.seed)),
         **_estimate("fid_to_dense", to_dense),
+        **adherent,
         "fid_samples": n,
         "sample_steps": diffusion.sample_steps,
-        "sampler": "ddim (eta=0)",
+        "sampler": "ddim (eta=0)" if diffusion.guidance is None else f"ddim (eta=0), guidance {diffusion.guidance.scale:g}",
     }
 
 

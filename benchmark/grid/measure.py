@@ -22,9 +22,9 @@ def removed_fraction(dense: nn.Module, model: nn.Module) -> float:
     return 1.0 - nonzero / total
 
 
-def macs(backbone: Backbone, state: Pruned, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+def macs(backbone: Backbone, state: Pruned, inputs: tuple[torch.Tensor, ...], branches: int = 1) -> dict[str, Any]:
     """Params and per-sample MACs of the model the cell ran: dense kernels, and effective (masked layers at
-    N/M, skipped blocks removed)."""
+    N/M, skipped blocks removed); ``branches`` network evaluations per sample and step (2 under guidance)."""
     from benchmark.metrics import macs as counting
 
     report = counting.count_macs(state.model, inputs)
@@ -35,7 +35,8 @@ def macs(backbone: Backbone, state: Pruned, inputs: tuple[torch.Tensor, ...]) ->
         effective = counting.sparse_macs(report, state.masks, state.pattern)
     else:
         effective = report.total
-    return {"params_m": report.params / 1e6, "macs_g": report.total / 1e9, "sparse_macs_g": effective / 1e9}
+    return {"params_m": report.params / 1e6, "macs_g": branches * report.total / 1e9,
+            "sparse_macs_g": branches * effective / 1e9}
 
 
 def latency(
@@ -54,29 +55,32 @@ def latency(
       against the cell's.
 
     Both sides of a pair are timed in alternation (:func:`benchmark.metrics.latency.paired_ms`),
-    fp32 eager unless said otherwise, at the preset's latency batch on ``device``.
+    fp32 eager unless said otherwise, at the preset's latency batch on ``device``; under guidance one
+    evaluation takes both branches (twice the rows), as the sampler runs it.
     """
     from benchmark.metrics import latency as timing
 
     batch, where = preset.latency_batch, device.type
-    inputs = tuple(x.to(device) for x in backbone.example_inputs(preset, batch))
+    rows = batch * (1 if diffusion.guidance is None else diffusion.guidance.branches)
+    inputs = tuple(x.to(device) for x in backbone.example_inputs(preset, rows))
+    size = f"batch {batch}" if rows == batch else f"batch {batch} x {rows // batch} guidance branches"
     if state.schedule is not None:
         timed = _sampling_ms_per_step(backbone, preset, dense, state, diffusion, seed, device)
-        return _pair(f"sampling per step, fp32 eager, {where}, batch {batch}", *timed), None
+        return _pair(f"sampling per step, fp32 eager, {where}, {size}", *timed), None
     if not state.masks:
         model = state.model.eval()
         timed = timing.paired_ms(timing.evaluation(dense, inputs), timing.evaluation(model, inputs), device)
-        return _pair(f"per evaluation, fp32 eager, {where}, batch {batch}", *timed), None
+        return _pair(f"per evaluation, fp32 eager, {where}, {size}", *timed), None
     supported, reason = timing.semi_structured_supported(device)
     if not supported or state.pattern != NMPattern(2, 4):
         not_available = reason if not supported else f"n/a (no {state.pattern} kernels)"
         return _pair(not_available, not_available, not_available, not_available), None
     report = timing.sparse_latency_report(
-        state.model, state.masks, lambda b: backbone.example_inputs(preset, b), [batch], device,
+        state.model, state.masks, lambda b: backbone.example_inputs(preset, b), [rows], device,
     )  # fmt: skip
     mode, timed = timing.headline_timing(report["batches"][0])
     metrics = _pair(
-        f"per evaluation, fp16 {timing.MODES[mode]}, {where}, batch {batch}", timed["dense_ms"], timed["sparse_ms"],
+        f"per evaluation, fp16 {timing.MODES[mode]}, {where}, {size}", timed["dense_ms"], timed["sparse_ms"],
         timed["speedup"],
     )  # fmt: skip
     return metrics, {**report, "headline_mode": mode}

@@ -125,7 +125,7 @@ def cell_config(
     return {
         "backbone": backbone,
         "method": CHAIN_SEPARATOR.join(chain),
-        "preset": preset.to_dict(),
+        "preset": preset.to_dict(conditional=registries.backbones.get(backbone).conditional),
         "options": options.to_dict(),
         "seed": seed,
         "device": device,

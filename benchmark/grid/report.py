@@ -18,23 +18,27 @@ from benchmark.grid.store import FINETUNE_CONTROL, REFERENCE_METHOD, SCHEMA_VERS
 CELL_COLUMNS = [
     "backbone", "method", "budget", "seed", "status", "fid", "fid_sd", "fid_to_dense", "fid_to_dense_sd", "params_m",
     "macs_g", "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "latency_mode", "sparsity",
-    "train_steps", "sample_steps", "fid_samples", "loss_after_pruning", "error",
+    "train_steps", "sample_steps", "fid_samples", "loss_after_pruning", "prompt_adherence", "prompt_adherence_low",
+    "prompt_adherence_high", "error",
 ]
 COLUMNS = [
     "backbone", "method", "budget", "status", "seeds", "fid", "fid_low", "fid_high", "fid_std", "vs_reference",
-    "fid_to_dense", "fid_to_dense_low", "fid_to_dense_high", "fid_to_dense_std", "params_m", "macs_g",
+    "fid_to_dense", "fid_to_dense_low", "fid_to_dense_high", "fid_to_dense_std", "prompt_adherence",
+    "prompt_adherence_low", "prompt_adherence_high", "params_m", "macs_g",
     "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "latency_mode", "sparsity", "train_steps",
     "sample_steps", "fid_samples", "loss_after_pruning", "error",
 ]
 FID_COLUMNS = ["fid", "fid_to_dense"]  # headed with their shared sample count, e.g. fid@256, shown as mean ± 95%
-INTERVAL_COLUMNS = [f"{c}_{end}" for c in FID_COLUMNS for end in ("low", "high", "std")]  # csv/json only
+ADHERENCE = "prompt_adherence"  # text-to-image backbones only: the share of samples showing their prompt
+INTERVAL_COLUMNS = [f"{c}_{end}" for c in FID_COLUMNS for end in ("low", "high", "std")] + [
+    f"{ADHERENCE}_low", f"{ADHERENCE}_high"]  # csv/json only
 INTEGER_COLUMNS = ["train_steps", "seeds", "sample_steps", "fid_samples"]
 CSV_ONLY = ["budget", "loss_after_pruning"]  # in csv/json; the markdown table shows train_steps instead of budget
 ROW = ["backbone", "method", "budget"]  # what makes a row: its cells differ only by seed
 LOWER_IS_BETTER = ["fid", "fid_to_dense", "params_m", "macs_g", "sparse_macs_g", "latency_ms"]
-HIGHER_IS_BETTER = ["speedup"]
+HIGHER_IS_BETTER = ["speedup", ADHERENCE]
 FORMATS = ("md", "csv", "json", "html")
-_DECIMALS = {"fid": 2, "fid_to_dense": 2, "speedup": 2, "sparsity": 3}
+_DECIMALS = {"fid": 2, "fid_to_dense": 2, "speedup": 2, "sparsity": 3, ADHERENCE: 3}
 _ERROR_WIDTH = 60
 _MARKS = {"lower": "▼ lower", "higher": "▲ higher", "tie": "= tie"}
 
@@ -137,6 +141,13 @@ def _aggregate(group: pd.DataFrame) -> dict[str, Any]:
         row.update({metric: summary.mean, f"{metric}_std": summary.std})
         if any(math.isfinite(sd) for sd in sds):  # cells of schema 1 carry no bootstrap
             row.update({f"{metric}_low": summary.low, f"{metric}_high": summary.high})
+    shares = pd.to_numeric(group[ADHERENCE], errors="coerce").dropna()
+    if not shares.empty:  # the seeds' shares with their Wilson intervals, summarised as FIDs are
+        lows, highs = (pd.to_numeric(group.loc[shares.index, f"{ADHERENCE}_{end}"]) for end in ("low", "high"))
+        sds = ((highs - lows) / (2 * significance.Z95)).tolist()
+        summary = significance.summarize(shares.tolist(), sds)
+        row.update({ADHERENCE: summary.mean, f"{ADHERENCE}_low": max(0.0, summary.low),
+                    f"{ADHERENCE}_high": min(1.0, summary.high)})
     for column in ("params_m", "macs_g", "sparse_macs_g", "dense_latency_ms", "latency_ms", "speedup", "sparsity",
                    "loss_after_pruning"):
         numbers = pd.to_numeric(group[column], errors="coerce")
@@ -237,7 +248,8 @@ def _shown(df: pd.DataFrame) -> tuple[list[str], list[str]]:
     fid_samples = df.loc[df["status"] == "ok", "fid_samples"].dropna().unique()
     at = f"@{fid_samples[0]}" if len(fid_samples) == 1 else ""
     shown = [c for c in COLUMNS if c not in INTERVAL_COLUMNS and c not in CSV_ONLY
-             and not (c == "fid_samples" and len(fid_samples) == 1)]
+             and not (c == "fid_samples" and len(fid_samples) == 1)
+             and not (c == ADHERENCE and pd.to_numeric(df[c], errors="coerce").isna().all())]
     if (df["status"] == "ok").all():
         shown.remove("error")
     return shown, [_header(c, at) for c in shown]
@@ -245,7 +257,7 @@ def _shown(df: pd.DataFrame) -> tuple[list[str], list[str]]:
 
 def cell_text(column: str, record: dict[str, Any]) -> str:
     """A table cell as the md and html tables show it."""
-    return _interval(column, record) if column in FID_COLUMNS else _cell(column, record[column])
+    return _interval(column, record) if column in (*FID_COLUMNS, ADHERENCE) else _cell(column, record[column])
 
 
 def _markdown(df: pd.DataFrame) -> str:

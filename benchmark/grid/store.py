@@ -75,7 +75,7 @@ from benchmark.errors import BenchmarkError
 SCHEMA_VERSION = 3
 REFERENCE_METHOD = "dense"  # every backbone's reference row
 FINETUNE_CONTROL = "dense-ft"  # the reference row of methods that train weights
-_VERSIONED_DISTRIBUTIONS = ("torch", "diffusers", "pytorch-fid", "torch-pruning")
+_VERSIONED_DISTRIBUTIONS = ("torch", "diffusers", "transformers", "pytorch-fid", "torch-pruning")
 
 
 def config_hash(config: dict[str, Any]) -> str:
