@@ -333,6 +333,9 @@ class Method(abc.ABC):
     (the dense reference, skip schedules) runs once and serves every budget of a ``--train-steps`` list."""
     in_all: ClassVar[bool] = True
     """Whether ``--methods all`` includes it; controls such as ``scratch`` run when named."""
+    points_share_work: ClassVar[bool] = False
+    """Whether its operating points on one model and seed share a search that a worker process computes once
+    and keeps (DiP-GO's pruner): executors then run those cells one after another on one worker."""
     knob: ClassVar[str | None] = None
     """The :data:`KNOBS` option that sets this method's operating point: ``name@value`` runs it with that
     option at ``value`` (``dipgo@0.3``, ``asp@1:4``); None if it has none."""

@@ -220,6 +220,7 @@ class DiPGO(Method):
     version = "4"
     description = "DiP-GO: learned per-step block reuse (the official pruner and recipe), then the threshold walk"
     trains_weights = False
+    points_share_work = True  # the pruner trains without a target: one per model and seed serves every point
     knob = "dipgo_target"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:

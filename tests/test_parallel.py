@@ -65,10 +65,28 @@ class AlsoSlow(Slow):
     name = "also-slow"
 
 
+_SEARCHED: set[int] = set()  # the seeds whose search this process ran
+
+
+class SharedSearch(Method):
+    """Operating points that share a search, as DiP-GO's share its pruner: logs who computed each point and
+    whether it had to search."""
+
+    name, version, trains_weights, points_share_work, knob = "shared-search", "1", False, True, "dipgo_target"
+
+    def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
+        searched = ctx.seed not in _SEARCHED
+        _SEARCHED.add(ctx.seed)
+        time.sleep(0.5)
+        with open(os.environ[LOG], "a") as log:
+            log.write(f"{os.getpid()} {ctx.options.dipgo_target} {searched}\n")
+        return state
+
+
 def make_registries(checkpoint: Path) -> Registries:
     """The test grid's registries, with the fakes installed in this process (also used by spawned drivers)."""
     methods: Registry[Method] = Registry("method", Method)
-    for method in (Dense(), ASP(), UniformSkip(), DieOnce(), Slow(), AlsoSlow()):
+    for method in (Dense(), ASP(), UniformSkip(), DieOnce(), Slow(), AlsoSlow(), SharedSearch()):
         methods.add(method, "tests")
     backbones: Registry[Backbone] = Registry("backbone", Backbone)
     backbones.add(TinyBackbone(), "tests")
@@ -109,6 +127,18 @@ def test_worker_processes_give_the_cells_of_a_sequential_run(registries, tmp_pat
             assert theirs == (pytest.approx(mine, rel=1e-4, abs=1e-9) if isinstance(mine, float) else mine), key
     assert not list((tmp_path / "parallel" / "cells").glob(".*.claim"))
     assert len(list((tmp_path / "parallel" / "features").glob("*.npy"))) == 2  # one per seed, for later runs
+
+
+def test_operating_points_that_share_a_search_run_on_one_worker_which_searches_once(registries, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv(LOG, str(tmp_path / "computed.log"))
+    points = ["shared-search@0.3", "shared-search@0.6", "asp", "shared-search@0.7"]
+    summary = run(registries, tmp_path / "run", points, ProcessExecutor(2), seeds=[0])
+    assert not summary.failed
+    computed = [line.split() for line in (tmp_path / "computed.log").read_text().splitlines()]
+    assert sorted(target for _, target, _ in computed) == ["0.3", "0.6", "0.7"]
+    assert len({pid for pid, _, _ in computed}) == 1  # the other worker took asp and then waited
+    assert [searched for _, _, searched in computed] == ["True", "False", "False"]
 
 
 def test_a_killed_worker_fails_its_cell_only_and_a_rerun_computes_only_it(registries, tmp_path):
@@ -216,3 +246,15 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_keeping_finished_cells_and_no_claims
     kept = CellStore(tmp_path / "run").all_cells()
     assert kept and all(c["status"] == "ok" for c in kept)
     assert not list(cells.glob(".*.claim"))  # released on the way out
+
+
+def test_dipgo_points_of_one_model_and_seed_form_one_work_group():
+    from benchmark.grid.plan import work_group
+    from benchmark.plugins import build_registries
+
+    registries = build_registries()
+    group = lambda *chain, seed=0, steps=None: work_group(registries, "ddpm", chain, seed, steps)  # noqa: E731
+    assert group("dipgo@0.3") == group("dipgo") == group("dipgo@0.7") != group("dipgo", seed=1)
+    assert group("sparsedm", "dipgo@0.3") == group("sparsedm", "dipgo") != group("dipgo")
+    assert group("sparsedm", "dipgo", steps=1000) != group("sparsedm", "dipgo")
+    assert group("asp") is None and group("dipgo", "asp") is None

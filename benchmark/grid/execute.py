@@ -42,11 +42,14 @@ class Executor(Protocol):
 
 class CellQueue:
     """The cells still to start, in plan order. A cell waits while its seed's dense cell is still to compute
-    or computing here, so that it gets that cell's sample features instead of drawing the samples again."""
+    or computing here, so that it gets that cell's sample features instead of drawing the samples again, and
+    while a cell of its work group computes, so that the worker which keeps that group's search runs it next
+    (:func:`choose_slot`)."""
 
     def __init__(self, cells: Sequence[CellSpec], start: Start):
         self._todo, self._start = list(cells), start
         self._dense_open = {(s.backbone, s.seed) for s in cells if s.method == REFERENCE_METHOD}
+        self._groups_running: set[tuple[Any, ...]] = set()
 
     def __bool__(self) -> bool:
         return bool(self._todo)
@@ -56,9 +59,13 @@ class CellQueue:
         for spec in list(self._todo):
             if spec.method != REFERENCE_METHOD and (spec.backbone, spec.seed) in self._dense_open:
                 continue
+            if spec.work_group is not None and spec.work_group in self._groups_running:
+                continue
             self._todo.remove(spec)
             ticket = self._start(spec)
             if ticket is not None:
+                if spec.work_group is not None:
+                    self._groups_running.add(spec.work_group)
                 return ticket
             self.done(spec)
         return None
@@ -66,6 +73,17 @@ class CellQueue:
     def done(self, spec: CellSpec) -> None:
         if spec.method == REFERENCE_METHOD:
             self._dense_open.discard((spec.backbone, spec.seed))
+        self._groups_running.discard(spec.work_group)
+
+
+def choose_slot(free: Sequence[int], last_groups: Sequence[Any], group: Any) -> int:
+    """Of the ``free`` slot indices, the one whose last cell had work group ``group`` (it keeps that group's
+    search), else the first free one."""
+    if group is not None:
+        for i in free:
+            if last_groups[i] == group:
+                return i
+    return free[0]
 
 
 class Pool(Protocol):

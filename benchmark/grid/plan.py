@@ -43,6 +43,8 @@ class CellSpec:
     seed: int
     config: dict[str, Any] = field(compare=False, hash=False)
     steps: int | None = None  # the fine-tuning budget where it is not the preset's (a --train-steps list)
+    work_group: tuple[Any, ...] | None = field(default=None, compare=False, hash=False)
+    """Cells with one work group share a search a worker keeps (:attr:`benchmark.api.Method.points_share_work`)."""
 
     @property
     def method(self) -> str:
@@ -153,6 +155,16 @@ def trains_weights(registries: Registries, chain: tuple[str, ...]) -> bool:
     return any(registries.methods.get(split_operating_point(part)[0]).trains_weights for part in chain)
 
 
+def work_group(registries: Registries, backbone: str, chain: tuple[str, ...], seed: int,
+               steps: int | None) -> tuple[Any, ...] | None:
+    """The cells that differ only in the last method's operating point, where that method's points share work:
+    ``sparsedm+dipgo@0.3`` and ``sparsedm+dipgo`` on one backbone, seed and budget; None for other methods."""
+    name = split_operating_point(chain[-1])[0]
+    if not registries.methods.get(name).points_share_work:
+        return None
+    return backbone, seed, steps, *chain[:-1], name
+
+
 def plan_grid(
     registries: Registries, chains: list[tuple[str, ...]], backbones: list[str], preset: Preset, options: RunOptions,
     seeds: list[int], device: str, dense_checkpoints: dict[str, str], fid_weights: str,
@@ -183,6 +195,7 @@ def plan_grid(
                     cell_options = replace(options, train_steps=steps)
                     config = cell_config(registries, preset, cell_options, device, backbone, chain, seed,
                                          dense_checkpoints[backbone], fid_weights)
-                    cells.append(CellSpec(backbone, chain, seed, config, steps))
+                    cells.append(CellSpec(backbone, chain, seed, config, steps,
+                                          work_group(registries, backbone, chain, seed, steps)))
     # within a seed, larger budgets first (a stable sort): the long cells start early and short ones fill the tail
     return sorted(cells, key=lambda c: (seeds.index(c.seed), -(c.steps or preset.train_steps)))

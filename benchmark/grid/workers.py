@@ -22,7 +22,7 @@ import numpy as np
 from benchmark.errors import BenchmarkError
 from benchmark.grid import quiet
 from benchmark.grid.cell import CellResult, Shared, compute_cell, failed_record
-from benchmark.grid.execute import CellQueue, Start, Ticket, drain
+from benchmark.grid.execute import CellQueue, Start, Ticket, choose_slot, drain
 from benchmark.grid.plan import CellSpec
 
 CLOSE_SECONDS = 10.0  # how long a closing pool waits for a worker to exit before killing it
@@ -83,6 +83,7 @@ class _Slot:
     process: Any
     conn: connection.Connection
     spec: CellSpec | None = None
+    group: Any = None  # the work group of the last cell it computed (its process keeps that group's search)
 
 
 class ProcessPool:
@@ -109,9 +110,10 @@ class ProcessPool:
         return any(slot.spec is not None for slot in self._slots)
 
     def submit(self, ticket: Ticket) -> None:
-        slot = next(slot for slot in self._slots if slot.spec is None)
+        free = [i for i, slot in enumerate(self._slots) if slot.spec is None]
+        slot = self._slots[choose_slot(free, [s.group for s in self._slots], ticket.spec.work_group)]
         slot.conn.send((ticket.spec, ticket.dense_features))
-        slot.spec = ticket.spec
+        slot.spec, slot.group = ticket.spec, ticket.spec.work_group
 
     def wait(self) -> list[tuple[CellSpec, CellResult]]:
         busy = [slot for slot in self._slots if slot.spec is not None]
@@ -170,6 +172,7 @@ class RayPool:
         self._actor = ray.remote(max_restarts=0, max_task_retries=0, **resources)(CellWorker)
         self._shared_ref = ray.put(worker_shared(shared))
         self._slots: list[list[Any]] = [[self._new_actor(), None] for _ in range(jobs)]  # [actor, running ref]
+        self._groups: list[Any] = [None] * jobs  # each slot's last work group (its actor keeps that search)
         self._running: dict[Any, tuple[int, CellSpec]] = {}
 
     def _new_actor(self) -> Any:
@@ -182,9 +185,11 @@ class RayPool:
         return bool(self._running)
 
     def submit(self, ticket: Ticket) -> None:
-        i = next(i for i, (_, ref) in enumerate(self._slots) if ref is None)
+        i = choose_slot([i for i, (_, ref) in enumerate(self._slots) if ref is None], self._groups,
+                        ticket.spec.work_group)
         ref = self._slots[i][0].compute.remote(ticket.spec, ticket.dense_features)
         self._slots[i][1], self._running[ref] = ref, (i, ticket.spec)
+        self._groups[i] = ticket.spec.work_group
 
     def wait(self) -> list[tuple[CellSpec, CellResult]]:
         ray = self._ray
@@ -198,7 +203,7 @@ class RayPool:
             except (ray.exceptions.RayError, OSError) as error:
                 result = CellResult(failed_record(spec, self._shared, f"{type(error).__name__}: {error}",
                                                   "".join(traceback.format_exception(error))), {})
-                self._slots[i][0] = self._new_actor()
+                self._slots[i][0], self._groups[i] = self._new_actor(), None
             finished.append((spec, result))
         return finished
 
