@@ -320,6 +320,9 @@ class MethodContext:
     # loss_after_pruning: the probe's loss when the first training step of the cell began
     labels: Callable[[], Iterator[torch.Tensor]] | None = None  # a conditional backbone's labels, batch by batch
     # beside ``batches`` (the shared training loop makes them current; methods need not look)
+    continuation: str | None = None  # where the shared loop keeps this cell's training when its budget is
+    # spent, and looks for a smaller budget's of the same cell to continue (Method.budgets_share_work); it
+    # records the step it continued from as measured["continued_from_step"]
 
 
 class Method(abc.ABC):
@@ -336,6 +339,10 @@ class Method(abc.ABC):
     points_share_work: ClassVar[bool] = False
     """Whether its operating points on one model and seed share a search that a worker process computes once
     and keeps (DiP-GO's pruner): executors then run those cells one after another on one worker."""
+    budgets_share_work: ClassVar[bool] = False
+    """Whether its training is one call of the shared loop that does not depend on the budget's length (the
+    preset's learning rate must also be constant): a worker that trained a smaller budget of the same cell
+    then continues that model instead of training it again from the start (a test shows both are equal)."""
     knob: ClassVar[str | None] = None
     """The :data:`KNOBS` option that sets this method's operating point: ``name@value`` runs it with that
     option at ``value`` (``dipgo@0.3``, ``asp@1:4``); None if it has none."""

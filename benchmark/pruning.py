@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def method_context(
     backbone: Backbone, preset: Preset, options: RunOptions, dense: nn.Module, images: torch.Tensor, seed: int,
-    device: torch.device, train_steps: int, progress: bool = True,
+    device: torch.device, train_steps: int, progress: bool = True, continuation: str | None = None,
 ) -> MethodContext:
     """What every method of a cell sees: ``dense`` frozen as the teacher, ``images`` (the data set) as the seed's
     batch stream in the space the backbone denoises, with their prompts where it has them."""
@@ -43,6 +43,7 @@ def method_context(
         progress=progress,
         probe=probe_batch(data.x0, diffusion),
         labels=None if labels is None else lambda: batch_stream(labels, preset.batch_size, seed),
+        continuation=continuation,
     )
 
 

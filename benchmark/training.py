@@ -1,7 +1,9 @@
 """The one training loop every weight-training method and ``train-dense`` use, so all see the same data and noise."""
 from __future__ import annotations
 
+import copy
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -137,6 +139,56 @@ class Optimisation:
             self.ema.load_state_dict(state["ema"])
 
 
+@dataclass
+class Continuation:
+    """Where one cell's training stopped when its budget was spent: enough to continue it to a larger budget."""
+
+    step: int
+    model: dict[str, torch.Tensor]  # the trained weights (before an EMA replaces them) and buffers
+    optimisation: dict[str, Any]
+    stream: TrainingStream
+    rng: tuple[torch.Tensor, ...]  # torch's global generators (CPU, then the device's), e.g. for dropout
+    losses: list[float]
+
+
+CONTINUED_FROM = "continued_from_step"  # where ``ctx.measured`` says the training began, if not at step 0
+KEPT_CONTINUATIONS = 4  # a worker runs one cell's budgets one after another: a few suffice
+_CONTINUATIONS: OrderedDict[str, Continuation] = OrderedDict()
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, ...]:
+    cuda = (torch.cuda.get_rng_state(device),) if device.type == "cuda" else ()
+    return torch.get_rng_state(), *cuda
+
+
+def _set_rng_state(state: tuple[torch.Tensor, ...], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _continue(model: nn.Module, ctx: MethodContext, optimisation: Optimisation) -> Continuation | None:
+    """A smaller budget's training of this cell that this process kept, loaded into ``model`` and ``optimisation``."""
+    kept = _CONTINUATIONS.pop(ctx.continuation, None)
+    if kept is None or kept.step >= ctx.train_steps:
+        return None
+    model.load_state_dict(kept.model)
+    optimisation.load_state_dict(kept.optimisation)
+    _set_rng_state(kept.rng, ctx.device)
+    ctx.measured[CONTINUED_FROM] = kept.step
+    return kept
+
+
+def _keep(ctx: MethodContext, model: nn.Module, optimisation: Optimisation, stream: TrainingStream,
+          losses: list[float]) -> None:
+    _CONTINUATIONS[ctx.continuation] = Continuation(
+        stream.step, copy.deepcopy(model.state_dict()), copy.deepcopy(optimisation.state_dict()), stream,
+        _rng_state(ctx.device), losses,
+    )
+    while len(_CONTINUATIONS) > KEPT_CONTINUATIONS:
+        _CONTINUATIONS.popitem(last=False)
+
+
 def train(
     model: nn.Module,
     ctx: MethodContext,
@@ -161,16 +213,26 @@ def train(
     steps from 0). A conditional backbone's prompts (a ``condition_dropout`` share of them replaced by the
     empty prompt) are current during the step's forward passes, the extra loss's included. Returns the total
     loss of every step. The model's train/eval mode is restored.
+
+    With ``ctx.continuation`` set, one call over the whole budget at a constant learning rate keeps where it
+    stopped under that key in this process, and a later call with a larger budget and the same key continues
+    from there: the cells of one model at budgets 300, 1000 and 3000 train 3000 steps in all, and each
+    ends with the weights a separate run of its budget gives (``ctx.measured`` says where it began).
     """
     if steps < 0:
         raise BenchmarkError(f"training needs a non-negative number of steps, got {steps}")
     if steps == 0:  # no budget (``benchmark prune``): the model is handed on as it is
         return []
+    continues = (ctx.continuation is not None and stream is None and optimisation is None
+                 and steps == ctx.train_steps and ctx.preset.finetune.decay == "constant")
     stream = stream or TrainingStream.start(ctx)
     if stream.step == 0 and ctx.probe is not None:  # the cell's first training step: the model as pruned
         ctx.measured.setdefault("loss_after_pruning", probe_loss(model, ctx.probe, ctx.device))
     optimisation = optimisation or Optimisation(model, ctx.preset.finetune, ctx.train_steps, stream.step)
     losses: list[float] = []
+    kept = _continue(model, ctx, optimisation) if continues else None
+    if kept is not None:
+        stream, losses, steps = kept.stream, list(kept.losses), steps - kept.step
     was_training = model.training
     model.train()
     end = stream.step + steps
@@ -206,6 +268,8 @@ def train(
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
     finally:
         model.train(was_training)
+    if continues:
+        _keep(ctx, model, optimisation, stream, losses)
     if optimisation.ema is not None and stream.step >= optimisation.total_steps:  # the budget is spent
         with torch.no_grad():  # parameters only: buffers such as N:M masks stay the model's own
             for mine, averaged in zip(model.parameters(), optimisation.ema.module.parameters()):

@@ -9,6 +9,7 @@ class ASP(Method):
     name = "asp"
     version = "1"
     description = "one-shot magnitude N:M mask along input channels, fine-tuned with the mask fixed"
+    budgets_share_work = True  # one call of the shared loop over the budget
     knob = "pattern"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:

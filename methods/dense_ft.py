@@ -14,6 +14,7 @@ class DenseFineTuned(Method):
     name = "dense-ft"
     version = "1"
     description = "dense checkpoint fine-tuned with the shared budget, no mask (control for 2:4 methods)"
+    budgets_share_work = True  # one call of the shared loop over the budget
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
         losses = train(state.model, ctx, ctx.train_steps, desc=self.name)

@@ -20,6 +20,7 @@ class DiffPruning(Method):
     name = "diff-pruning"
     version = "1"
     description = "Diff-Pruning: Taylor channel importance over the low-noise timesteps, torch-pruning to a MACs target"
+    budgets_share_work = True  # one call of the shared loop over the budget
     knob = "structural_target"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:

@@ -13,6 +13,7 @@ class L1Channel(Method):
     name = "l1-channel"
     version = "1"
     description = "L1-magnitude channel pruning with torch-pruning to the same MACs target (Diff-Pruning's baseline)"
+    budgets_share_work = True  # one call of the shared loop over the budget
     knob = "structural_target"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:

@@ -15,6 +15,7 @@ class Scratch(Method):
     name = "scratch"
     version = "1"
     description = "control: the pruned architecture at the same target, randomly re-initialised, same budget"
+    budgets_share_work = True  # one call of the shared loop over the budget
     knob = "structural_target"
     in_all = False
 

@@ -9,6 +9,7 @@ class STE(Method):
     name = "ste"
     version = "1"
     description = "dynamic N:M mask with straight-through gradients and SR-STE decay (options.srste_decay)"
+    budgets_share_work = True  # one call of the shared loop over the budget
     knob = "pattern"
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:

@@ -2,6 +2,8 @@
 weights, one cell for those that do not, and rows compared with ``dense-ft`` at their own budget."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from benchmark.api import RunOptions
@@ -10,6 +12,7 @@ from benchmark.grid.report import load_cells
 from benchmark.grid.run import run_grid
 from benchmark.grid.store import CellStore
 from benchmark.plugins import build_registries
+from benchmark.presets import Recipe
 from methods.dense_ft import DenseFineTuned
 from test_harness import UNIT, registries  # noqa: F401 - the fixture
 
@@ -201,9 +204,47 @@ def test_a_run_with_several_budgets_publishes_curves_and_rankings(budget_registr
 def test_within_a_seed_larger_budgets_start_first(budget_registries):
     from benchmark.grid.plan import parse_request, plan_grid
 
-    chains = parse_request(budget_registries, ["asp", "uniform-skip"], ["tiny-net"], [0, 1])
+    chains = parse_request(budget_registries, ["sparsedm", "uniform-skip"], ["tiny-net"], [0, 1])
     cells = plan_grid(budget_registries, chains, ["tiny-net"], UNIT, RunOptions(), [0, 1], "cpu",
                       {"tiny-net": "x"}, "w", [2, 30])
     order = [(c.seed, c.method, c.steps) for c in cells]
-    assert order[:4] == [(0, "asp", 30), (0, "dense", None), (0, "asp", None), (0, "uniform-skip", None)]
+    assert order[:4] == [(0, "sparsedm", 30), (0, "dense", None), (0, "sparsedm", None), (0, "uniform-skip", None)]
     assert [seed for seed, _, _ in order] == [0] * 4 + [1] * 4  # seeds stay one after another
+    assert all(c.work_group is None for c in cells)  # sparsedm is staged: each budget trains on its own
+
+
+def test_the_budgets_of_a_cell_that_can_continue_run_together_smallest_first(budget_registries):
+    from benchmark.grid.plan import parse_request, plan_grid
+
+    def plan(methods, budgets, preset=UNIT):
+        chains = parse_request(budget_registries, methods, ["tiny-net"], [0])
+        return plan_grid(budget_registries, chains, ["tiny-net"], preset, RunOptions(), [0], "cpu",
+                         {"tiny-net": "x"}, "w", budgets)
+
+    cells = plan(["sparsedm", "asp", "asp@1:4", "sparsedm+dipgo"], [30, 2, 10])
+    assert [(c.method, c.steps) for c in cells] == [
+        ("sparsedm", 30), ("asp", None), ("asp", 10), ("asp", 30), ("asp@1:4", None), ("asp@1:4", 10),
+        ("asp@1:4", 30), ("sparsedm+dipgo", 30), ("sparsedm", 10), ("sparsedm+dipgo", 10), ("dense", None),
+        ("sparsedm", None), ("sparsedm+dipgo", None),
+    ]
+    asp = [c for c in cells if c.method == "asp"]
+    assert len({c.work_group for c in asp}) == 1 and asp[0].continuation == asp[0].work_group[1]
+    assert asp[0].continuation != next(c for c in cells if c.method == "asp@1:4").continuation
+    assert all(c.continuation is None for c in cells if "sparsedm" in c.method)  # staged, and chains
+    assert all(c.continuation is None for c in plan(["asp"], [2]))  # one budget: nothing to continue
+    cosine = dataclasses.replace(UNIT, finetune=Recipe(lr=1e-3, decay="cosine"))
+    assert all(c.continuation is None for c in plan(["asp"], [2, 10], cosine))  # the rate depends on the budget
+
+
+def test_a_larger_budget_continues_a_smaller_ones_training_and_ends_as_a_run_of_its_own(budget_registries, tmp_path):
+    methods = ["asp", "l1-channel", "dense-ft"]
+    run(budget_registries, tmp_path / "together", methods, [2, 5])
+    together = CellStore(tmp_path / "together")
+    for method in methods:
+        run(budget_registries, tmp_path / method, [method], [5])  # a budget of its own: nothing to continue
+        continued = together.read("tiny-net", method, 0, 5)
+        alone = CellStore(tmp_path / method).read("tiny-net", method, 0, 5)
+        assert continued["info"]["continued_from_step"] == 2 and "continued_from_step" not in alone["info"]
+        assert continued["config_hash"] == alone["config_hash"] and continued["mask_digest"] == alone["mask_digest"]
+        for metric in ("fid", "fid_to_dense", "loss_after_pruning", "train_steps"):
+            assert continued["metrics"][metric] == pytest.approx(alone["metrics"][metric], rel=1e-9, abs=1e-12)

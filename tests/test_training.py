@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmark import checkpoints
@@ -253,6 +254,47 @@ def test_a_stage_with_a_fresh_optimizer_continues_the_budgets_schedule():
     train(model, ctx, 4, stream=stream)
     later = Optimisation(model, ctx.preset.finetune, ctx.train_steps, stream.step)
     assert later.optimizer.param_groups[0]["lr"] == pytest.approx(lr_factor(ctx.preset.finetune, 4, 10))
+
+
+class DropoutConv(TwoConv):
+    """Draws from torch's global generator while it trains, as dropout in a real backbone does."""
+
+    def forward(self, x, t):
+        return F.dropout(super().forward(x, t), 0.2, self.training)
+
+
+def train_budget(model: nn.Module, recipe: Recipe, budget: int, continuation: str | None):
+    ctx = make_ctx(model)
+    ctx.preset, ctx.train_steps, ctx.continuation = dataclasses.replace(PRESET, finetune=recipe), budget, continuation
+    torch.manual_seed(0)  # as every cell seeds itself before pruning
+    return ctx, train(model, ctx, budget)
+
+
+@pytest.mark.parametrize("recipe", [Recipe(lr=3e-3), Recipe(lr=3e-3, warmup_steps=3, ema_decay=0.5)])
+def test_a_larger_budget_continues_a_smaller_ones_training_and_ends_as_a_separate_run(recipe, request):
+    start = DropoutConv()
+    separate = copy.deepcopy(start)
+    _, expected = train_budget(separate, recipe, 7, None)
+    key = request.node.name
+    small, large = copy.deepcopy(start), copy.deepcopy(start)
+    small_ctx, _ = train_budget(small, recipe, 3, key)
+    ctx, losses = train_budget(large, recipe, 7, key)
+    assert "continued_from_step" not in small_ctx.measured and ctx.measured["continued_from_step"] == 3
+    assert losses == expected  # the same inputs at every step, the same global draws (dropout)
+    assert all(torch.equal(a, b) for a, b in zip(large.state_dict().values(), separate.state_dict().values()))
+
+
+def test_only_a_whole_budget_at_a_constant_rate_continues(request):
+    key = request.node.name
+    cosine = Recipe(lr=3e-3, decay="cosine")  # the rate at a step depends on the budget's length
+    train_budget(TwoConv(), cosine, 3, key)
+    assert "continued_from_step" not in train_budget(TwoConv(), cosine, 7, key)[0].measured
+    model = TwoConv()
+    ctx = make_ctx(model)
+    ctx.continuation = key
+    train(model, ctx, 4, stream=TrainingStream.start(ctx))  # a stage of a staged method
+    train_budget(TwoConv(), Recipe(lr=3e-3), 3, None)
+    assert "continued_from_step" not in train_budget(TwoConv(), Recipe(lr=3e-3), 7, key)[0].measured
 
 
 def test_a_checkpoint_is_identified_by_its_content(cache):

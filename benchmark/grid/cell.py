@@ -153,14 +153,18 @@ def _prune(
 ) -> Pruned:
     from benchmark.data import load_dataset
     from benchmark.pruning import apply_chain, method_context
+    from benchmark.training import CONTINUED_FROM
 
     _seed_everything(spec.seed)
     ctx = method_context(
         backbone, shared.preset, shared.options, dense, load_dataset(shared.preset.dataset), spec.seed, shared.device,
-        spec.steps or shared.options.train_steps or shared.preset.train_steps, shared.progress,
+        spec.steps or shared.options.train_steps or shared.preset.train_steps, shared.progress, spec.continuation,
     )
     state = apply_chain(shared.registries, spec.chain, ctx, dense, info)[0]
-    metrics.update(ctx.measured)  # the loss right after pruning, where the chain trained weights
+    measured = dict(ctx.measured)
+    if CONTINUED_FROM in measured:  # this worker had trained a smaller budget of the cell: it went on from there
+        info[CONTINUED_FROM] = measured.pop(CONTINUED_FROM)
+    metrics.update(measured)  # the loss right after pruning, where the chain trained weights
     return state
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 CHAIN_SEPARATOR = "+"
 OPERATING_POINT = "@"  # dipgo@0.3: the method with its knob at 0.3
 FID_RESAMPLES = 200  # bootstrap resamples behind every FID interval
+BUDGETS_GROUP = "budgets"  # a work group of one cell's budgets, the smallest first
 
 
 class CellKey(NamedTuple):
@@ -44,7 +45,8 @@ class CellSpec:
     config: dict[str, Any] = field(compare=False, hash=False)
     steps: int | None = None  # the fine-tuning budget where it is not the preset's (a --train-steps list)
     work_group: tuple[Any, ...] | None = field(default=None, compare=False, hash=False)
-    """Cells with one work group share a search a worker keeps (:attr:`benchmark.api.Method.points_share_work`)."""
+    """Cells with one work group share work a worker keeps: a search (:attr:`benchmark.api.Method.points_share_work`)
+    or a training that larger budgets continue (:attr:`benchmark.api.Method.budgets_share_work`)."""
 
     @property
     def method(self) -> str:
@@ -57,6 +59,11 @@ class CellSpec:
     @property
     def config_hash(self) -> str:
         return config_hash(self.config)
+
+    @property
+    def continuation(self) -> str | None:
+        """The key under which its training continues a smaller budget's, where its budgets share work."""
+        return self.work_group[1] if self.work_group and self.work_group[0] == BUDGETS_GROUP else None
 
 
 def split_chain(method: str) -> list[str]:
@@ -165,6 +172,17 @@ def work_group(registries: Registries, backbone: str, chain: tuple[str, ...], se
     return backbone, seed, steps, *chain[:-1], name
 
 
+def budgets_group(registries: Registries, preset: Preset, chain: tuple[str, ...], budgets: list[int],
+                  config: dict[str, Any]) -> tuple[str, str] | None:
+    """The work group of a one-method chain's budgets where a larger budget may continue a smaller one's
+    training (:attr:`benchmark.api.Method.budgets_share_work`, a constant fine-tuning learning rate, several
+    budgets), named by the hash of the cell's configuration without its budget; None otherwise."""
+    method = registries.methods.get(split_operating_point(chain[0])[0])
+    if len(chain) > 1 or len(budgets) < 2 or not method.budgets_share_work or preset.finetune.decay != "constant":
+        return None
+    return BUDGETS_GROUP, config_hash({**config, "options": {**config["options"], "train_steps": None}})
+
+
 def plan_grid(
     registries: Registries, chains: list[tuple[str, ...]], backbones: list[str], preset: Preset, options: RunOptions,
     seeds: list[int], device: str, dense_checkpoints: dict[str, str], fid_weights: str,
@@ -172,7 +190,9 @@ def plan_grid(
 ) -> list[CellSpec]:
     """Every cell of the grid once, seed-major; within a seed, larger fine-tuning budgets first, then each
     backbone's dense reference before its other cells (executors start a cell whose dense cell is still to
-    come only after it: :class:`benchmark.grid.execute.CellQueue`).
+    come only after it: :class:`benchmark.grid.execute.CellQueue`). The budgets of a cell whose larger
+    budgets continue the smaller ones' training (:func:`budgets_group`) stay together, the smallest first,
+    where their largest budget would start.
 
     ``dense_checkpoints`` identifies each backbone's starting checkpoint by content. ``budgets`` (fine-tuning
     steps; default: ``options.train_steps``, else the preset's) gives a chain that trains weights one cell per
@@ -195,7 +215,17 @@ def plan_grid(
                     cell_options = replace(options, train_steps=steps)
                     config = cell_config(registries, preset, cell_options, device, backbone, chain, seed,
                                          dense_checkpoints[backbone], fid_weights)
-                    cells.append(CellSpec(backbone, chain, seed, config, steps,
-                                          work_group(registries, backbone, chain, seed, steps)))
-    # within a seed, larger budgets first (a stable sort): the long cells start early and short ones fill the tail
-    return sorted(cells, key=lambda c: (seeds.index(c.seed), -(c.steps or preset.train_steps)))
+                    group = (budgets_group(registries, preset, chain, budgets, config)
+                             or work_group(registries, backbone, chain, seed, steps))
+                    cells.append(CellSpec(backbone, chain, seed, config, steps, group))
+    return sorted(cells, key=lambda c: _start_order(c, cells, seeds, preset.train_steps))
+
+
+def _start_order(cell: CellSpec, cells: list[CellSpec], seeds: list[int], default_steps: int) -> tuple[int, ...]:
+    """Within a seed, larger budgets first (the long cells start early and short ones fill the tail); a budgets
+    group sits at its largest budget's place, its own cells smallest first."""
+    budget = cell.steps or default_steps
+    if cell.continuation is None:
+        return seeds.index(cell.seed), -budget, cells.index(cell), 0
+    group = [c for c in cells if c.work_group == cell.work_group]
+    return seeds.index(cell.seed), -max(c.steps or default_steps for c in group), cells.index(group[0]), budget
