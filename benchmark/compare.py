@@ -39,6 +39,10 @@ CLAIMS = [  # (claim, first, second): the first is claimed to have the lower FID
      "diff-pruning@0.7"),
     ("structural at 0.5 MACs vs 2:4 (ASP) at 0.5 of the masked layers", "diff-pruning", "asp"),
     ("pruning beats training the pruned architecture from scratch", "l1-channel", "scratch"),
+    ("pruning beats training from scratch at the paper's per-layer ratio 0.3", "l1-channel@layer=0.3",
+     "scratch@layer=0.3"),
+    ("Diff-Pruning beats training its architecture from scratch (the paper's control)", "diff-pruning@layer=0.3",
+     "scratch@layer=0.3"),
 ]
 SKIP_FAMILIES = ("dipgo", "uniform-skip")
 STRUCTURAL_FAMILIES = ("diff-pruning", "l1-channel")
