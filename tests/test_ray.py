@@ -11,7 +11,7 @@ import torch
 
 from benchmark import checkpoints
 from benchmark.api import Backbone, Method, RunOptions
-from benchmark.grid.execute import LocalExecutor, RayExecutor, make_executor
+from benchmark.grid.execute import LocalExecutor, RayExecutor, make_executor, start_local_ray
 from benchmark.grid.run import run_grid
 from benchmark.grid.store import CellStore
 from benchmark.plugins import Registries
@@ -57,9 +57,18 @@ def cluster(tmp_path_factory):
         "DIFFPRUNE_TEST_MARKER": str(marker),
     }
     os.environ.update({DRIVER: env[DRIVER], "DIFFPRUNE_TEST_MARKER": str(marker)})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    start_local_ray(ray, num_cpus=2, runtime_env={"env_vars": env})
     yield
     ray.shutdown()
+
+
+def test_ray_workers_run_at_the_drivers_priority(cluster):
+    @ray.remote
+    def niceness():
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)  # Ray's default of 15 starves them beside busy processes
+    assert "RAY_worker_niceness" not in os.environ  # the driver's environment is left as it was
 
 
 @pytest.fixture
