@@ -258,3 +258,23 @@ def test_dipgo_points_of_one_model_and_seed_form_one_work_group():
     assert group("sparsedm", "dipgo@0.3") == group("sparsedm", "dipgo") != group("dipgo")
     assert group("sparsedm", "dipgo", steps=1000) != group("sparsedm", "dipgo")
     assert group("asp") is None and group("dipgo", "asp") is None
+
+
+def test_a_work_group_that_has_begun_goes_on_before_other_cells():
+    from benchmark.grid.execute import CellQueue
+    from benchmark.grid.plan import CellSpec
+
+    def cell(method, seed, group=None):
+        return CellSpec("ddpm", (method,), seed, {}, None, group)
+
+    dense0, dense1 = cell("dense", 0), cell("dense", 1)
+    first, second = cell("asp", 1, ("g",)), cell("asp@1:4", 1, ("g",))
+    others = [cell("ste", 1), cell("ste@1:4", 1)]
+    queue = CellQueue([dense0, dense1, first, *others, second], lambda spec: spec)
+    assert [queue.next(), queue.next()] == [dense0, dense1]
+    queue.done(dense1)
+    assert queue.next() == first
+    assert queue.next() == others[0]  # the group's second cell waits while its first computes
+    queue.done(first)
+    assert queue.next() == second  # before others[1], which comes first in plan order
+    assert queue.next() == others[1]

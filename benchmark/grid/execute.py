@@ -43,20 +43,23 @@ class Executor(Protocol):
 class CellQueue:
     """The cells still to start, in plan order. A cell waits while its seed's dense cell is still to compute
     or computing here, so that it gets that cell's sample features instead of drawing the samples again, and
-    while a cell of its work group computes, so that the worker which keeps that group's search runs it next
-    (:func:`choose_slot`)."""
+    while a cell of its work group computes, so that the worker which keeps that group's work runs it next
+    (:func:`choose_slot`). A group that has begun goes on before any other cell, while a worker still keeps
+    its work."""
 
     def __init__(self, cells: Sequence[CellSpec], start: Start):
         self._todo, self._start = list(cells), start
         self._dense_open = {(s.backbone, s.seed) for s in cells if s.method == REFERENCE_METHOD}
         self._groups_running: set[tuple[Any, ...]] = set()
+        self._groups_begun: set[tuple[Any, ...]] = set()
 
     def __bool__(self) -> bool:
         return bool(self._todo)
 
     def next(self) -> Ticket | None:
         """The next cell that may start now, started; None when no cell can start before a running one ends."""
-        for spec in list(self._todo):
+        begun = [spec for spec in self._todo if spec.work_group in self._groups_begun]
+        for spec in begun + [spec for spec in self._todo if spec.work_group not in self._groups_begun]:
             if spec.method != REFERENCE_METHOD and (spec.backbone, spec.seed) in self._dense_open:
                 continue
             if spec.work_group is not None and spec.work_group in self._groups_running:
@@ -66,6 +69,7 @@ class CellQueue:
             if ticket is not None:
                 if spec.work_group is not None:
                     self._groups_running.add(spec.work_group)
+                    self._groups_begun.add(spec.work_group)
                 return ticket
             self.done(spec)
         return None
