@@ -188,7 +188,21 @@ def test_budget_table_names_flipped_pairs_and_the_tau_against_the_largest_budget
     assert sorted(entry["swaps"][10]) == [("a", "b"), ("a", "c"), ("b", "c")]
     assert entry["loss_vs_fid"][10] == (pytest.approx(1.0), 3) and entry["loss_vs_fid"][100][0] == pytest.approx(-1.0)
     text = budgets.render({"b": entry})
-    assert "| a | 10.00 (1) | 25.00 (3) |" in text and "10 steps vs 100: tau -1.00 over 3 rows; same ranks: no" in text
+    assert "| a | 10.00 ± 1.24 (1; n=3) | 25.00 ± 1.24 (3; n=3) |" in text and "10 steps vs 100: tau -1.00 over 3 rows; same ranks: no" in text
+
+
+def test_rows_missing_at_a_budget_are_left_out_of_the_comparisons_between_budgets():
+    import pandas as pd
+
+    from benchmark.grid import budgets
+
+    rows = (_seeds("a", 10, [10.0, 10.1, 9.9], 1.0) + _seeds("b", 10, [20.0, 20.1, 19.9], 2.0)
+            + _seeds("c", 10, [30.0, 30.2, 29.8], 3.0)
+            + _seeds("a", 100, [5.0, 5.1, 4.9], 1.0) + _seeds("b", 100, [15.0, 15.1, 14.9], 2.0))
+    entry = budgets.budget_table(pd.DataFrame(rows))["b"]  # c has not reached 100 steps yet
+    assert entry["same"][10] and entry["tau"][10][1] == 2 and entry["swaps"][10] == []
+    text = budgets.render({"b": entry})
+    assert "| c | 30.00 ± 1.24 (3; n=3) |  |" in text and "same ranks: yes" in text
 
 
 def test_a_run_with_several_budgets_publishes_curves_and_rankings(budget_registries, tmp_path):

@@ -46,10 +46,17 @@ def swaps(at: dict[str, pd.DataFrame], largest: dict[str, pd.DataFrame]) -> list
             if a != b and verdict(at, a, b) == "lower" and verdict(largest, a, b) == "higher"]
 
 
+def same_ranking(at: dict[str, pd.DataFrame], largest: dict[str, pd.DataFrame]) -> bool:
+    """Whether the rows present at both budgets get the same ranks at each (ranked among themselves)."""
+    common = at.keys() & largest.keys()
+    return ranks({m: at[m] for m in common}) == ranks({m: largest[m] for m in common})
+
+
 def budget_table(cells: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per backbone with at least two budgets: the budgets, each row's FID mean and rank per budget, Kendall's
-    tau of each budget's ranks against the largest's, the swapped pairs, and the loss-after-pruning vs FID
-    correlation per budget."""
+    tau of each budget's ranks against the largest's, the swapped pairs, whether the rows both budgets have
+    rank alike, and the loss-after-pruning vs FID correlation per budget. A row may lack a budget (a grid
+    still computing): comparisons between budgets take the rows both have."""
     rows = weight_training_rows(cells)
     result: dict[str, dict[str, Any]] = {}
     for backbone, mine in rows.groupby("backbone", sort=True):
@@ -62,9 +69,12 @@ def budget_table(cells: pd.DataFrame) -> dict[str, dict[str, Any]]:
         result[backbone] = {
             "budgets": budgets,
             "fid": {b: {m: float(g["fid"].mean()) for m, g in groups[b].items()} for b in budgets},
+            "half_width": {b: {m: _half_width(g) for m, g in groups[b].items()} for b in budgets},
+            "seeds": {b: {m: len(g) for m, g in groups[b].items()} for b in budgets},
             "ranks": ranked,
             "tau": {b: _tau(ranked[b], ranked[largest]) for b in budgets[:-1]},
             "swaps": {b: swaps(groups[b], groups[largest]) for b in budgets[:-1]},
+            "same": {b: same_ranking(groups[b], groups[largest]) for b in budgets[:-1]},
             "loss_vs_fid": {b: _loss_correlation(groups[b]) for b in budgets},
         }
     return result
@@ -86,6 +96,12 @@ def _loss_correlation(groups: dict[str, pd.DataFrame]) -> tuple[float, int]:
     return float(stats.spearmanr(*zip(*pairs)).statistic), len(pairs)
 
 
+def _half_width(group: pd.DataFrame) -> float:
+    """Half the 95% interval of the row's mean FID, as the leaderboard gives it (seeds and samples)."""
+    summary = significance.summarize(_fids(group), _sds(group))
+    return (summary.high - summary.low) / 2
+
+
 def _fids(group: pd.DataFrame) -> list[float]:
     return group["fid"].tolist()
 
@@ -97,7 +113,8 @@ def _sds(group: pd.DataFrame) -> list[float]:
 def render(table: dict[str, dict[str, Any]]) -> str:
     """The per-budget rankings as Markdown: one section per backbone."""
     lines = ["# Rankings per fine-tuning budget", "",
-             "Mean FID over seeds (rank: one plus the rows lower beyond noise, so ties share a rank); Kendall's "
+             "Mean FID over seeds ± the half-width of its 95% interval (rank: one plus the rows lower beyond noise, "
+             "so ties share a rank; n: seeds); Kendall's "
              "tau-b of each budget's ranks against the largest budget's; pairs whose order flips beyond noise; "
              "Spearman's rho of the loss right after pruning against the final FID.", ""]
     for backbone, entry in table.items():
@@ -106,14 +123,15 @@ def render(table: dict[str, dict[str, Any]]) -> str:
         lines += [f"## {backbone}", "", "| method | " + " | ".join(f"{b} steps" for b in budgets) + " |",
                   "|---|" + "---|" * len(budgets)]
         for method in methods:
-            cells = [f"{entry['fid'][b][method]:.2f} ({entry['ranks'][b][method]})" if method in entry["fid"][b] else ""
+            cells = [f"{entry['fid'][b][method]:.2f} ± {entry['half_width'][b][method]:.2f} "
+                     f"({entry['ranks'][b][method]}; n={entry['seeds'][b][method]})" if method in entry["fid"][b] else ""
                      for b in budgets]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
         for b in budgets[:-1]:
             tau, n = entry["tau"][b]
             flips = ", ".join(f"{a} < {c}" for a, c in entry["swaps"][b]) or "none"
-            same = "yes" if entry["ranks"][b] == {m: entry["ranks"][largest][m] for m in entry["ranks"][b]} else "no"
+            same = "yes" if entry["same"][b] else "no"
             lines.append(f"- {b} steps vs {largest}: tau {tau:.2f} over {n} rows; same ranks: {same}; "
                          f"flipped beyond noise (order at {b}): {flips}")
         for b in budgets:
