@@ -21,6 +21,12 @@ class Recipe:
     decay: Literal["constant", "cosine"] = "constant"
     ema_decay: float | None = None
 
+    @property
+    def budget_independent(self) -> bool:
+        """Whether step k's learning rate is the same in every budget (so a larger budget may continue a
+        smaller one's training)."""
+        return self.decay == "constant"
+
 
 @dataclass(frozen=True)
 class Preset:

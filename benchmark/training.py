@@ -224,7 +224,7 @@ def train(
     if steps == 0:  # no budget (``benchmark prune``): the model is handed on as it is
         return []
     continues = (ctx.continuation is not None and stream is None and optimisation is None
-                 and steps == ctx.train_steps and ctx.preset.finetune.decay == "constant")
+                 and steps == ctx.train_steps and ctx.preset.finetune.budget_independent)
     stream = stream or TrainingStream.start(ctx)
     if stream.step == 0 and ctx.probe is not None:  # the cell's first training step: the model as pruned
         ctx.measured.setdefault("loss_after_pruning", probe_loss(model, ctx.probe, ctx.device))

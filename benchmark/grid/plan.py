@@ -8,7 +8,7 @@ compare their samples with its samples.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from benchmark.api import Method, RunOptions
 from benchmark.errors import BenchmarkError
@@ -178,7 +178,7 @@ def budgets_group(registries: Registries, preset: Preset, chain: tuple[str, ...]
     training (:attr:`benchmark.api.Method.budgets_share_work`, a constant fine-tuning learning rate, several
     budgets), named by the hash of the cell's configuration without its budget; None otherwise."""
     method = registries.methods.get(split_operating_point(chain[0])[0])
-    if len(chain) > 1 or len(budgets) < 2 or not method.budgets_share_work or preset.finetune.decay != "constant":
+    if len(chain) > 1 or len(budgets) < 2 or not method.budgets_share_work or not preset.finetune.budget_independent:
         return None
     return BUDGETS_GROUP, config_hash({**config, "options": {**config["options"], "train_steps": None}})
 
@@ -218,14 +218,24 @@ def plan_grid(
                     group = (budgets_group(registries, preset, chain, budgets, config)
                              or work_group(registries, backbone, chain, seed, steps))
                     cells.append(CellSpec(backbone, chain, seed, config, steps, group))
-    return sorted(cells, key=lambda c: _start_order(c, cells, seeds, preset.train_steps))
+    return sorted(cells, key=_start_order(cells, seeds, preset.train_steps))
 
 
-def _start_order(cell: CellSpec, cells: list[CellSpec], seeds: list[int], default_steps: int) -> tuple[int, ...]:
-    """Within a seed, larger budgets first (the long cells start early and short ones fill the tail); a budgets
-    group sits at its largest budget's place, its own cells smallest first."""
-    budget = cell.steps or default_steps
-    if cell.continuation is None:
-        return seeds.index(cell.seed), -budget, cells.index(cell), 0
-    group = [c for c in cells if c.work_group == cell.work_group]
-    return seeds.index(cell.seed), -max(c.steps or default_steps for c in group), cells.index(group[0]), budget
+def _start_order(cells: list[CellSpec], seeds: list[int], default_steps: int) -> Callable[[CellSpec], tuple[int, ...]]:
+    """The sort key: within a seed, larger budgets first (the long cells start early and short ones fill the
+    tail); a budgets group sits at its largest budget's place, its own cells smallest first."""
+    position = {cell: i for i, cell in enumerate(cells)}
+    leads: dict[Any, tuple[int, int]] = {}  # a budgets group -> (its largest budget, its first cell's position)
+    for cell in cells:
+        if cell.continuation is not None:
+            largest, first = leads.get(cell.work_group, (0, position[cell]))
+            leads[cell.work_group] = (max(largest, cell.steps or default_steps), first)
+
+    def key(cell: CellSpec) -> tuple[int, ...]:
+        budget = cell.steps or default_steps
+        if cell.continuation is None:
+            return seeds.index(cell.seed), -budget, position[cell], 0
+        largest, first = leads[cell.work_group]
+        return seeds.index(cell.seed), -largest, first, budget
+
+    return key
