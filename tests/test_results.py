@@ -112,6 +112,31 @@ class TestCellStore:
         assert store.claim("uvit", "asp", 0) == "another-host 1"
         assert [c["method"] for c in store.all_cells()] == []  # claims are not cells
 
+    def test_a_process_killed_while_claiming_leaves_no_claim(self, store, monkeypatch):
+        """A claim file names its holder from the instant it exists (an empty one could never be taken over)."""
+        store.ensure_writable()
+
+        def killed(*args):
+            raise KeyboardInterrupt  # stands for SIGKILL at the last moment before the claim appears
+
+        with monkeypatch.context() as m:
+            m.setattr(results.os, "link", killed)
+            with pytest.raises(KeyboardInterrupt):
+                store.claim("uvit", "asp", 0)
+        assert not list(store.cells_dir.glob(".uvit__asp__seed0.claim*"))
+        assert store.claim("uvit", "asp", 0) is None
+
+    def test_claims_stay_exclusive_where_the_filesystem_has_no_hard_links(self, store, monkeypatch):
+        store.ensure_writable()
+
+        def unsupported(*args):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(results.os, "link", unsupported)
+        assert store.claim("uvit", "asp", 0) is None
+        assert store.claim("uvit", "asp", 0) == f"{results.platform.node()} {results.os.getpid()}"
+        assert [p.name for p in store.cells_dir.iterdir() if "asp" in p.name] == [".uvit__asp__seed0.claim"]
+
     def test_a_cell_is_written_after_its_files(self, store):
         cell = {**make_cell("uvit", "l1-channel", fid=2.0), "pruned_model": "models/uvit__l1-channel__seed0.pt"}
         store.write(cell, {"models/uvit__l1-channel__seed0.pt": b"weights", "samples/uvit__l1-channel__seed0.png": b"png"})

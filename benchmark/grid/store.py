@@ -233,10 +233,9 @@ class CellStore:
         taking over the same dead claim in the same instant could both compute it).
         """
         path = self._claim_path(backbone, method, seed, steps)
-        mine = f"{platform.node()} {os.getpid()}"
         for _ in range(2):
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                self._publish_claim(path)
             except FileExistsError:
                 with self._claims_lock():
                     holder = _read_text(path)
@@ -244,11 +243,32 @@ class CellStore:
                         return holder or "another process"
                     path.unlink(missing_ok=True)  # its holder is gone: take the claim over
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(mine)
             self._held.add(path)
             return None
         return "another process"
+
+    @staticmethod
+    def _publish_claim(path: Path) -> None:
+        """Create the claim file ``path`` naming this process, or raise FileExistsError.
+
+        The holder is written to a private file first and hard-linked into place (``link`` fails when the
+        claim exists), so a claim file names its holder from the instant it exists: a process killed while
+        claiming leaves no claim, not an empty one that no liveness check could attribute. Filesystems
+        without hard links fall back to an exclusive create followed by the write.
+        """
+        mine = f"{platform.node()} {os.getpid()}"
+        private = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        private.write_text(mine)
+        try:
+            os.link(private, path)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            with os.fdopen(fd, "w") as f:
+                f.write(mine)
+        finally:
+            private.unlink(missing_ok=True)
 
     def renew(self) -> None:
         """Extend the lease of every claim this store holds (its cells are still computing)."""
