@@ -9,7 +9,7 @@ runs' cells with equal config hashes side by side: how far a rerun moves each FI
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pandas as pd
 
@@ -57,8 +57,7 @@ def ok_cells(run_dir: str | Path) -> pd.DataFrame:
 def pairs(cells: pd.DataFrame, tests: Iterable[tuple[str, str, str]], metric: str = "fid") -> list[str]:
     """One table row per backbone and ``(claim, first, second)`` where the run has both rows."""
     lines = []
-    for (backbone, budget), rows in cells.groupby(["backbone", "budget"], dropna=False):
-        where = backbone if pd.isna(budget) else f"{backbone}, {int(budget)} steps"
+    for where, rows in budget_groups(cells):
         for claim, first, second in tests:
             a, b = (rows[rows["method"] == m] for m in (first, second))
             if a.empty or b.empty:
@@ -68,6 +67,20 @@ def pairs(cells: pd.DataFrame, tests: Iterable[tuple[str, str, str]], metric: st
             lines.append(f"| {where} | {label}{'' if metric == 'fid' else f' ({metric})'} | "
                          f"{result.difference:+.2f} | {result.p_value:.2g} | {result.verdict} (n = {len(a)}, {len(b)}) |")
     return lines
+
+
+def budget_groups(cells: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+    """``(where, rows)`` per backbone, or per backbone and fine-tuning budget where a run has several: rows
+    that train no weights (dense, skip schedules) serve every budget, so ``dense-ft`` at 3000 steps is tested
+    against the same ``dense`` row as at 300."""
+    for backbone, rows in cells.groupby("backbone", sort=True):
+        steps = pd.to_numeric(rows["train_steps"], errors="coerce").fillna(0)
+        budgets = sorted(int(b) for b in steps[steps > 0].unique())
+        if len(budgets) < 2:
+            yield backbone, rows
+            continue
+        for budget in budgets:
+            yield f"{backbone}, {budget} steps", rows[(steps == 0) | (steps == budget)]
 
 
 def pairs_table(cells: pd.DataFrame, tests: Iterable[tuple[str, str, str]], metrics: Iterable[str]) -> str:

@@ -187,8 +187,12 @@ def test_budget_table_names_flipped_pairs_and_the_tau_against_the_largest_budget
     assert entry["tau"][10] == (pytest.approx(-1.0), 3)
     assert sorted(entry["swaps"][10]) == [("a", "b"), ("a", "c"), ("b", "c")]
     assert entry["loss_vs_fid"][10] == (pytest.approx(1.0), 3) and entry["loss_vs_fid"][100][0] == pytest.approx(-1.0)
+    assert entry["cheapest"] == 100 and entry["dense"] is None
+    assert entry["change"]["a"].verdict == "higher" and entry["change"]["c"].difference == pytest.approx(-25.0)
     text = budgets.render({"b": entry})
-    assert "| a | 10.00 ± 1.24 (1; n=3) | 25.00 ± 1.24 (3; n=3) |" in text and "10 steps vs 100: tau -1.00 over 3 rows; same ranks: no" in text
+    assert "| a | 10.00 ± 1.24 (1; n=3) | 25.00 ± 1.24 (3; n=3) | +15.00 (p " in text
+    assert "10 steps vs 100: tau -1.00 over 3 rows; same ranks: no" in text
+    assert "cheapest budget ranking the rows as 100 steps does: 100 steps" in text
 
 
 def test_rows_missing_at_a_budget_are_left_out_of_the_comparisons_between_budgets():
@@ -199,10 +203,16 @@ def test_rows_missing_at_a_budget_are_left_out_of_the_comparisons_between_budget
     rows = (_seeds("a", 10, [10.0, 10.1, 9.9], 1.0) + _seeds("b", 10, [20.0, 20.1, 19.9], 2.0)
             + _seeds("c", 10, [30.0, 30.2, 29.8], 3.0)
             + _seeds("a", 100, [5.0, 5.1, 4.9], 1.0) + _seeds("b", 100, [15.0, 15.1, 14.9], 2.0))
-    entry = budgets.budget_table(pd.DataFrame(rows))["b"]  # c has not reached 100 steps yet
+    dense = [{"backbone": "b", "method": "dense", "status": "ok", "seed": s, "train_steps": 0, "fid": f, "fid_sd": 0.5,
+              "loss_after_pruning": None} for s, f in enumerate([4.0, 4.1, 3.9])]
+    entry = budgets.budget_table(pd.DataFrame(rows + dense))["b"]  # c has not reached 100 steps yet
     assert entry["same"][10] and entry["tau"][10][1] == 2 and entry["swaps"][10] == []
+    assert entry["cheapest"] == 10 and "c" not in entry["change"]  # the rows both budgets have rank alike
+    assert entry["dense"] == (pytest.approx(4.0), pytest.approx(1.24, abs=0.01), 3)
     text = budgets.render({"b": entry})
-    assert "| c | 30.00 ± 1.24 (3; n=3) |  |" in text and "same ranks: yes" in text
+    assert "| c | 30.00 ± 1.24 (3; n=3) |  |  |" in text and "same ranks: yes" in text
+    assert "dense reference, no fine-tuning: 4.00 ± 1.24 (n=3)" in text
+    assert "cheapest budget ranking the rows as 100 steps does: 10 steps" in text
 
 
 def test_a_run_with_several_budgets_publishes_curves_and_rankings(budget_registries, tmp_path):

@@ -40,6 +40,19 @@ def test_claims_test_what_the_run_has(run_dir, capsys):
     assert "dipgo" not in out.split("###")[0]  # claims whose rows the run lacks are left out
 
 
+def test_with_several_budgets_rows_that_train_no_weights_serve_every_budget(tmp_path, capsys):
+    store = CellStore(tmp_path / "run")
+    for seed, fid in enumerate([20.0, 20.5, 21.0]):
+        store.write(make_cell("ddpm", "dense", fid=fid, seed=seed, train_steps=0))
+    for steps, fids in {300: [30.0, 31.0, 30.5], 3000: [20.2, 20.7, 20.9]}.items():
+        for seed, fid in enumerate(fids):
+            store.write({**make_cell("ddpm", "dense-ft", fid=fid, seed=seed, train_steps=steps),
+                         "steps": None if steps == 300 else steps})  # 300: the preset's own budget
+    code, out, _ = run_main(capsys, "compare", store.out_dir, "dense-ft", "dense")
+    assert code == 0 and "| ddpm, 300 steps | dense-ft vs dense | +10.00 |" in out
+    assert "| ddpm, 3000 steps | dense-ft vs dense | +0.10 |" in out and out.count("| ddpm") == 2
+
+
 def test_bad_rows_get_one_line(run_dir, capsys):
     code, _, err = run_main(capsys, "compare", run_dir, "sparsedm", "dipgo")
     assert code == 2 and "no ok row 'dipgo'" in err and "rows: asp, sparsedm, ste" in err

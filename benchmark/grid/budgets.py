@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from benchmark import significance
+from benchmark.grid.store import REFERENCE_METHOD
 
 MIN_ROWS = 3  # fewer rows than this give no rank correlation
 
@@ -75,9 +76,24 @@ def budget_table(cells: pd.DataFrame) -> dict[str, dict[str, Any]]:
             "tau": {b: _tau(ranked[b], ranked[largest]) for b in budgets[:-1]},
             "swaps": {b: swaps(groups[b], groups[largest]) for b in budgets[:-1]},
             "same": {b: same_ranking(groups[b], groups[largest]) for b in budgets[:-1]},
+            "cheapest": next(b for b in budgets if b == largest or same_ranking(groups[b], groups[largest])),
+            "change": {m: _compare(groups[largest][m], groups[budgets[0]][m])
+                       for m in groups[largest].keys() & groups[budgets[0]].keys()},
             "loss_vs_fid": {b: _loss_correlation(groups[b]) for b in budgets},
+            "dense": _dense(cells, backbone),
         }
     return result
+
+
+def _compare(a: pd.DataFrame, b: pd.DataFrame) -> significance.Comparison:
+    return significance.compare(_fids(a), _sds(a), _fids(b), _sds(b))
+
+
+def _dense(cells: pd.DataFrame, backbone: str) -> tuple[float, float, int] | None:
+    """The backbone's dense row (no fine-tuning): mean FID, half-width, seeds; None where the run has none."""
+    rows = cells[(cells["backbone"] == backbone) & (cells["method"] == REFERENCE_METHOD) & (cells["status"] == "ok")]
+    rows = rows.assign(fid=pd.to_numeric(rows["fid"], errors="coerce")).dropna(subset=["fid"])
+    return None if rows.empty else (float(rows["fid"].mean()), _half_width(rows), len(rows))
 
 
 def _tau(mine: dict[str, int], theirs: dict[str, int]) -> tuple[float, int]:
@@ -116,18 +132,26 @@ def render(table: dict[str, dict[str, Any]]) -> str:
              "Mean FID over seeds ± the half-width of its 95% interval (rank: one plus the rows lower beyond noise, "
              "so ties share a rank; n: seeds); Kendall's "
              "tau-b of each budget's ranks against the largest budget's; pairs whose order flips beyond noise; "
-             "Spearman's rho of the loss right after pruning against the final FID.", ""]
+             "each row's change from the smallest budget to the largest (Welch's t over seeds; lower: more "
+             "fine-tuning helped beyond noise); Spearman's rho of the loss right after pruning against the final FID.", ""]
     for backbone, entry in table.items():
         budgets, largest = entry["budgets"], entry["budgets"][-1]
-        methods = sorted({m for b in budgets for m in entry["fid"][b]}, key=lambda m: entry["ranks"][largest].get(m, 99))
-        lines += [f"## {backbone}", "", "| method | " + " | ".join(f"{b} steps" for b in budgets) + " |",
-                  "|---|" + "---|" * len(budgets)]
+        methods = sorted({m for b in budgets for m in entry["fid"][b]},
+                         key=lambda m: (entry["ranks"][largest].get(m, 99), entry["fid"][largest].get(m, math.inf)))
+        lines += [f"## {backbone}", "", "| method | " + " | ".join(f"{b} steps" for b in budgets)
+                  + f" | {budgets[0]} → {largest} |", "|---|" + "---|" * (len(budgets) + 1)]
         for method in methods:
             cells = [f"{entry['fid'][b][method]:.2f} ± {entry['half_width'][b][method]:.2f} "
                      f"({entry['ranks'][b][method]}; n={entry['seeds'][b][method]})" if method in entry["fid"][b] else ""
                      for b in budgets]
+            change = entry["change"].get(method)
+            cells.append("" if change is None else f"{change.difference:+.2f} (p {change.p_value:.2g}, {change.verdict})")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+        if entry["dense"] is not None:
+            mean, half, n = entry["dense"]
+            lines.append(f"- dense reference, no fine-tuning: {mean:.2f} ± {half:.2f} (n={n})")
+        lines.append(f"- cheapest budget ranking the rows as {largest} steps does: {entry['cheapest']} steps")
         for b in budgets[:-1]:
             tau, n = entry["tau"][b]
             flips = ", ".join(f"{a} < {c}" for a, c in entry["swaps"][b]) or "none"
