@@ -107,15 +107,17 @@ def pareto_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 
 
 def budget_curves(df: pd.DataFrame, out_dir: str | Path) -> Path | None:
-    """FID against fine-tuning steps (log axis), one curve per weight-training row with its 95% intervals and
-    the dense reference as a band, one panel per backbone; None when no backbone has two budgets."""
+    """FID against fine-tuning steps (both axes log: rows near the dense reference and collapsed ones differ
+    by 10x), one curve per weight-training row with its 95% intervals (clipped at the bottom of the axis where
+    they reach below it) and the dense reference as a band, one panel per backbone; None when no backbone has
+    two budgets."""
     ok = ~df["status"].astype(str).str.lower().isin(FAILED) & _numeric(df, "fid").notna()
     rows = df[ok].assign(fid=_numeric(df, "fid")[ok], steps=_numeric(df, "train_steps")[ok])
     trained = rows[rows["steps"] > 0]
     backbones = sorted(b for b, g in trained.groupby("backbone") if g["steps"].nunique() > 1)
     if not backbones:
         return None
-    fig, axes = plt.subplots(1, len(backbones), figsize=(6.5 * len(backbones), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(backbones), figsize=(8.5 * len(backbones), 5), squeeze=False)
     for ax, backbone in zip(axes[0], backbones):
         mine = trained[trained["backbone"] == backbone]
         for (method, points), marker in zip(mine.groupby("method"), itertools.cycle(MARKERS)):
@@ -126,16 +128,19 @@ def budget_curves(df: pd.DataFrame, out_dir: str | Path) -> Path | None:
                 ax.errorbar(points["steps"], points["fid"], yerr=[points["fid"] - low, high - points["fid"]],
                             fmt="none", ecolor=line.get_color(), elinewidth=1, capsize=3, alpha=0.6)
         dense = rows[(rows["backbone"] == backbone) & (rows["method"] == "dense")]
+        bottom = mine["fid"].min()
         if not dense.empty:
             low, high = _numeric(dense, "fid_low").iloc[0], _numeric(dense, "fid_high").iloc[0]
             ax.axhspan(low, high, color="grey", alpha=0.25, label="dense reference (95%)")
+            bottom = min(bottom, dense["fid"].iloc[0], low if low > 0 else bottom)
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_title(f"{backbone}: FID vs fine-tuning budget")
         ax.set_xlabel("fine-tuning steps")
         ax.set_ylabel("FID (lower is better)")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.set_ylim(bottom=0.8 * bottom)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the curves, not over them
     fig.tight_layout()
     path = Path(out_dir) / "budget_curves.png"
     fig.savefig(path, dpi=120)
