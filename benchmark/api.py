@@ -310,7 +310,8 @@ class MethodContext:
     options: RunOptions
     diffusion: "Diffusion"
     teacher: nn.Module  # the frozen dense model, in eval mode
-    batches: Callable[[], Iterator[torch.Tensor]]  # a fresh, identically ordered stream of x0 batches
+    batches: Callable[..., Iterator[torch.Tensor]]  # a fresh, identically ordered stream of x0 batches;
+    # ``batches(k)`` starts at its batch k
     train_steps: int  # optimizer steps every weight-training method gets
     seed: int
     device: torch.device
@@ -318,11 +319,13 @@ class MethodContext:
     probe: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # fixed (x_t, t, noise) of the data set
     measured: dict[str, float] = field(default_factory=dict)  # what the shared training loop measured, e.g.
     # loss_after_pruning: the probe's loss when the first training step of the cell began
-    labels: Callable[[], Iterator[torch.Tensor]] | None = None  # a conditional backbone's labels, batch by batch
+    labels: Callable[..., Iterator[torch.Tensor]] | None = None  # a conditional backbone's labels, batch by batch
     # beside ``batches`` (the shared training loop makes them current; methods need not look)
     continuation: str | None = None  # where the shared loop keeps this cell's training when its budget is
     # spent, and looks for a smaller budget's of the same cell to continue (Method.budgets_share_work); it
     # records the step it continued from as measured["continued_from_step"]
+    continuation_dir: str | None = None  # where the shared loop also saves it, so that another process (a
+    # later invocation on the same run directory) continues it
 
 
 class Method(abc.ABC):

@@ -182,7 +182,7 @@ def train_dense(
         options=RunOptions(),
         diffusion=Diffusion.for_backbone(backbone, preset),
         teacher=model,
-        batches=lambda: batch_stream(data.x0, preset.batch_size, seed),
+        batches=lambda start=0: batch_stream(data.x0, preset.batch_size, seed, start),
         train_steps=steps,
         seed=seed,
         device=device,

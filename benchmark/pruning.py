@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 def method_context(
     backbone: Backbone, preset: Preset, options: RunOptions, dense: nn.Module, images: torch.Tensor, seed: int,
     device: torch.device, train_steps: int, progress: bool = True, continuation: str | None = None,
+    continuation_dir: str | None = None,
 ) -> MethodContext:
     """What every method of a cell sees: ``dense`` frozen as the teacher, ``images`` (the data set) as the seed's
     batch stream in the space the backbone denoises, with their prompts where it has them."""
@@ -36,14 +37,15 @@ def method_context(
         options=options,
         diffusion=diffusion,
         teacher=copy.deepcopy(dense).eval().requires_grad_(False),
-        batches=lambda: batch_stream(data.x0, preset.batch_size, seed),
+        batches=lambda start=0: batch_stream(data.x0, preset.batch_size, seed, start),
         train_steps=train_steps,
         seed=seed,
         device=device,
         progress=progress,
         probe=probe_batch(data.x0, diffusion),
-        labels=None if labels is None else lambda: batch_stream(labels, preset.batch_size, seed),
+        labels=None if labels is None else lambda start=0: batch_stream(labels, preset.batch_size, seed, start),
         continuation=continuation,
+        continuation_dir=continuation_dir,
     )
 
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
@@ -168,8 +171,9 @@ def _set_rng_state(state: tuple[torch.Tensor, ...], device: torch.device) -> Non
 
 
 def _continue(model: nn.Module, ctx: MethodContext, optimisation: Optimisation) -> Continuation | None:
-    """A smaller budget's training of this cell that this process kept, loaded into ``model`` and ``optimisation``."""
-    kept = _CONTINUATIONS.pop(ctx.continuation, None)
+    """A smaller budget's training of this cell, kept by this process or saved by another, loaded into ``model``
+    and ``optimisation``."""
+    kept = _CONTINUATIONS.pop(ctx.continuation, None) or _load(ctx)
     if kept is None or kept.step >= ctx.train_steps:
         return None
     model.load_state_dict(kept.model)
@@ -181,12 +185,49 @@ def _continue(model: nn.Module, ctx: MethodContext, optimisation: Optimisation) 
 
 def _keep(ctx: MethodContext, model: nn.Module, optimisation: Optimisation, stream: TrainingStream,
           losses: list[float]) -> None:
-    _CONTINUATIONS[ctx.continuation] = Continuation(
+    kept = _CONTINUATIONS[ctx.continuation] = Continuation(
         stream.step, copy.deepcopy(model.state_dict()), copy.deepcopy(optimisation.state_dict()), stream,
         _rng_state(ctx.device), losses,
     )
     while len(_CONTINUATIONS) > KEPT_CONTINUATIONS:
         _CONTINUATIONS.popitem(last=False)
+    if ctx.continuation_dir is not None:
+        _save(_saved_path(ctx), kept)
+
+
+def _saved_path(ctx: MethodContext) -> Path:
+    return Path(ctx.continuation_dir) / f"{ctx.continuation}.pt"
+
+
+def _save(path: Path, kept: Continuation) -> None:
+    """Write ``kept`` (all but its batch iterators, which restart at its step) atomically to ``path``."""
+    state = {"step": kept.step, "model": kept.model, "optimisation": kept.optimisation,
+             "generator": kept.stream.generator.get_state(), "rng": list(kept.rng), "losses": kept.losses}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load(ctx: MethodContext) -> Continuation | None:
+    """The continuation another process saved for this cell (a later invocation goes on from it), if any."""
+    if ctx.continuation_dir is None:
+        return None
+    path = _saved_path(ctx)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # loading moves it to the model's device
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # an unreadable file costs the saved steps, not the cell
+        warnings.warn(f"{path}: unreadable saved training ({type(e).__name__}: {e}); training from step 0")
+        return None
+    step = state["step"]
+    labels = None if ctx.labels is None else ctx.labels(step)
+    stream = TrainingStream.resume(ctx.batches(step), state["generator"], step, labels)
+    return Continuation(step, state["model"], state["optimisation"], stream, tuple(state["rng"]), state["losses"])
 
 
 def train(

@@ -272,3 +272,19 @@ def test_a_larger_budget_continues_a_smaller_ones_training_and_ends_as_a_run_of_
         assert continued["config_hash"] == alone["config_hash"] and continued["mask_digest"] == alone["mask_digest"]
         for metric in ("fid", "fid_to_dense", "loss_after_pruning", "train_steps"):
             assert continued["metrics"][metric] == pytest.approx(alone["metrics"][metric], rel=1e-9, abs=1e-12)
+
+
+def test_a_later_invocation_continues_the_saved_training_of_a_smaller_budget(budget_registries, tmp_path):
+    from benchmark import training
+
+    run(budget_registries, tmp_path / "later", ["asp"], [2, 3])
+    store = CellStore(tmp_path / "later")
+    assert len(list(store.continuations_dir.glob("*.pt"))) == 1  # one per cell and seed, at its last budget
+    training._CONTINUATIONS.clear()  # a new process
+    run(budget_registries, tmp_path / "later", ["asp"], [2, 5])  # the grid grows by a larger budget
+    run(budget_registries, tmp_path / "alone", ["asp"], [5])
+    later, alone = store.read("tiny-net", "asp", 0, 5), CellStore(tmp_path / "alone").read("tiny-net", "asp", 0, 5)
+    assert later["info"]["continued_from_step"] == 3 and "continued_from_step" not in alone["info"]
+    assert later["config_hash"] == alone["config_hash"] and later["mask_digest"] == alone["mask_digest"]
+    for metric in ("fid", "fid_to_dense", "loss_after_pruning"):
+        assert later["metrics"][metric] == pytest.approx(alone["metrics"][metric], rel=1e-9, abs=1e-12)

@@ -1,13 +1,14 @@
 import copy
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark import checkpoints
+from benchmark import checkpoints, training
 from benchmark.api import Backbone, BenchmarkError, MethodContext, RunOptions
 from benchmark.checkpoints import dense_checkpoint, load_dense, sha256_file, train_dense
 from benchmark.data import batch_stream, load_dataset
@@ -44,7 +45,7 @@ def make_ctx(model: nn.Module, seed: int = 0) -> MethodContext:
         options=RunOptions(),
         diffusion=Diffusion.for_preset(PRESET),
         teacher=model,
-        batches=lambda: batch_stream(images, PRESET.batch_size, seed),
+        batches=lambda start=0: batch_stream(images, PRESET.batch_size, seed, start),
         train_steps=10,
         seed=seed,
         device=torch.device("cpu"),
@@ -263,9 +264,10 @@ class DropoutConv(TwoConv):
         return F.dropout(super().forward(x, t), 0.2, self.training)
 
 
-def train_budget(model: nn.Module, recipe: Recipe, budget: int, continuation: str | None):
+def train_budget(model: nn.Module, recipe: Recipe, budget: int, continuation: str | None, saved_in: Path | None = None):
     ctx = make_ctx(model)
     ctx.preset, ctx.train_steps, ctx.continuation = dataclasses.replace(PRESET, finetune=recipe), budget, continuation
+    ctx.continuation_dir = None if saved_in is None else str(saved_in)
     torch.manual_seed(0)  # as every cell seeds itself before pruning
     return ctx, train(model, ctx, budget)
 
@@ -282,6 +284,29 @@ def test_a_larger_budget_continues_a_smaller_ones_training_and_ends_as_a_separat
     assert "continued_from_step" not in small_ctx.measured and ctx.measured["continued_from_step"] == 3
     assert losses == expected  # the same inputs at every step, the same global draws (dropout)
     assert all(torch.equal(a, b) for a, b in zip(large.state_dict().values(), separate.state_dict().values()))
+
+
+@pytest.mark.parametrize("recipe", [Recipe(lr=3e-3), Recipe(lr=3e-3, warmup_steps=3, ema_decay=0.5)])
+def test_a_later_process_continues_the_saved_training_and_ends_as_a_separate_run(recipe, request, tmp_path):
+    start = DropoutConv()
+    separate = copy.deepcopy(start)
+    _, expected = train_budget(separate, recipe, 7, None)
+    key = request.node.name
+    train_budget(copy.deepcopy(start), recipe, 3, key, tmp_path)
+    training._CONTINUATIONS.clear()  # what another process (a later invocation) has not got in memory
+    assert [p.name for p in tmp_path.iterdir()] == [f"{key}.pt"]
+    large = copy.deepcopy(start)
+    ctx, losses = train_budget(large, recipe, 7, key, tmp_path)
+    assert ctx.measured["continued_from_step"] == 3 and losses == expected
+    assert all(torch.equal(a, b) for a, b in zip(large.state_dict().values(), separate.state_dict().values()))
+
+
+def test_unreadable_saved_training_warns_and_trains_from_the_start(request, tmp_path):
+    key = request.node.name
+    (tmp_path / f"{key}.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="unreadable saved training"):
+        ctx, _ = train_budget(TwoConv(), Recipe(lr=3e-3), 3, key, tmp_path)
+    assert "continued_from_step" not in ctx.measured
 
 
 def test_only_a_whole_budget_at_a_constant_rate_continues(request):

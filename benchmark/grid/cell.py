@@ -40,6 +40,7 @@ class Shared:
     real_features: np.ndarray  # FID features of the preset's reference images
     scorer: FIDScorer
     progress: bool = True
+    continuations: str | None = None  # the run directory's folder of training continuations (budgets that share work)
 
 
 @dataclass
@@ -159,6 +160,7 @@ def _prune(
     ctx = method_context(
         backbone, shared.preset, shared.options, dense, load_dataset(shared.preset.dataset), spec.seed, shared.device,
         spec.steps or shared.options.train_steps or shared.preset.train_steps, shared.progress, spec.continuation,
+        shared.continuations,
     )
     state = apply_chain(shared.registries, spec.chain, ctx, dense, info)[0]
     measured = dict(ctx.measured)

@@ -97,7 +97,7 @@ def run_grid(
             pending.append(spec)
     if pending:
         shared = _prepare(registries, preset, options, device, progress, n, dense_paths, failures,
-                          {spec.backbone for spec in pending})
+                          {spec.backbone for spec in pending}, str(store.continuations_dir.resolve()))
         driver = _Driver(store, summary, say, cells, len(pending))
         with _renewing_claims(store), _terminate_as_interrupt():
             try:
@@ -239,7 +239,7 @@ def _identify_dense(
 
 def _prepare(
     registries: Registries, preset: Preset, options: RunOptions, device: torch.device, progress: bool, n: int,
-    dense_paths: dict[str, Path], failures: dict[str, BaseException], needed: set[str],
+    dense_paths: dict[str, Path], failures: dict[str, BaseException], needed: set[str], continuations: str,
 ) -> Shared:
     """Load the dense model of each backbone with a cell to compute and the FID network and reference features.
 
@@ -266,4 +266,4 @@ def _prepare(
             dense[name] = (model.eval().requires_grad_(False), time.perf_counter() - start)
     scorer = fid.FIDScorer(device, progress=progress)
     real = fid.reference_features(preset.dataset, n, lambda: load_dataset(preset.dataset), scorer)
-    return Shared(registries, preset, options, device, dense, real, scorer, progress)
+    return Shared(registries, preset, options, device, dense, real, scorer, progress, continuations)

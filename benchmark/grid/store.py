@@ -2,7 +2,8 @@
 
 A run directory holds ``cells/{backbone}__{method}__seed{seed}.json`` and the files a cell produced
 beside it (``samples/{stem}.png``, ``models/{stem}.pt``); ``features/`` keeps the FID features of each
-seed's dense samples, which every cell of the seed compares with, for later invocations. A cell whose
+seed's dense samples, which every cell of the seed compares with, for later invocations, and
+``continuations/`` the training state where a budget of a cell whose budgets share work ended. A cell whose
 file says ``"status": "ok"`` and whose ``config_hash`` matches the current configuration is complete
 and is skipped on resume; failed, stale and unreadable cells are recomputed.
 
@@ -298,6 +299,12 @@ class CellStore:
             if fcntl is not None:
                 fcntl.flock(lock, fcntl.LOCK_EX)
             yield  # the lock goes with the file
+
+    @property
+    def continuations_dir(self) -> Path:
+        """Where the training of cells whose budgets share work is kept when a budget is spent
+        (:mod:`benchmark.training`), so that a later invocation continues it to a larger budget."""
+        return self.out_dir / "continuations"
 
     def features_path(self, backbone: str, seed: int, dense_hash: str) -> Path:
         """Where the FID features of a seed's dense samples are kept, keyed by the dense cell's config hash."""
