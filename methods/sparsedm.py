@@ -47,6 +47,7 @@ class SparseDM(Method):
     version = "2"
     description = "SparseDM transfer: dense -> N:M in one stage, STE plus 0.1 x MSE to the frozen dense teacher"
     knob = "pattern"
+    budgets_share_work = True  # one call of the shared loop over the budget (the official recipe has one stage)
 
     def apply(self, ctx: MethodContext, state: Pruned) -> Pruned:
         pattern, decay = ctx.options.pattern, ctx.options.srste_decay

@@ -14,6 +14,7 @@ from benchmark.grid.store import CellStore
 from benchmark.plugins import build_registries
 from benchmark.presets import Recipe
 from methods.dense_ft import DenseFineTuned
+from methods.progressive import Progressive
 from test_harness import UNIT, registries  # noqa: F401 - the fixture
 
 BUDGETS = [UNIT.train_steps, 3]  # the preset's budget (2) and another
@@ -22,6 +23,7 @@ BUDGETS = [UNIT.train_steps, 3]  # the preset's budget (2) and another
 @pytest.fixture
 def budget_registries(registries):  # noqa: F811
     registries.methods.add(DenseFineTuned(), "tests")
+    registries.methods.add(Progressive(), "tests")  # a staged method: its budgets train on their own
     return registries
 
 
@@ -228,13 +230,13 @@ def test_a_run_with_several_budgets_publishes_curves_and_rankings(budget_registr
 def test_within_a_seed_larger_budgets_start_first(budget_registries):
     from benchmark.grid.plan import parse_request, plan_grid
 
-    chains = parse_request(budget_registries, ["sparsedm", "uniform-skip"], ["tiny-net"], [0, 1])
+    chains = parse_request(budget_registries, ["progressive", "uniform-skip"], ["tiny-net"], [0, 1])
     cells = plan_grid(budget_registries, chains, ["tiny-net"], UNIT, RunOptions(), [0, 1], "cpu",
                       {"tiny-net": "x"}, "w", [2, 30])
     order = [(c.seed, c.method, c.steps) for c in cells]
-    assert order[:4] == [(0, "sparsedm", 30), (0, "dense", None), (0, "sparsedm", None), (0, "uniform-skip", None)]
+    assert order[:4] == [(0, "progressive", 30), (0, "dense", None), (0, "progressive", None), (0, "uniform-skip", None)]
     assert [seed for seed, _, _ in order] == [0] * 4 + [1] * 4  # seeds stay one after another
-    assert all(c.work_group is None for c in cells)  # sparsedm is staged: each budget trains on its own
+    assert all(c.work_group is None for c in cells)  # progressive is staged: each budget trains on its own
 
 
 def test_the_budgets_of_a_cell_that_can_continue_run_together_smallest_first(budget_registries):
@@ -245,23 +247,23 @@ def test_the_budgets_of_a_cell_that_can_continue_run_together_smallest_first(bud
         return plan_grid(budget_registries, chains, ["tiny-net"], preset, RunOptions(), [0], "cpu",
                          {"tiny-net": "x"}, "w", budgets)
 
-    cells = plan(["sparsedm", "asp", "asp@1:4", "sparsedm+dipgo"], [30, 2, 10])
+    cells = plan(["progressive", "asp", "asp@1:4", "sparsedm+dipgo"], [30, 2, 10])
     assert [(c.method, c.steps) for c in cells] == [
-        ("sparsedm", 30), ("asp", None), ("asp", 10), ("asp", 30), ("asp@1:4", None), ("asp@1:4", 10),
-        ("asp@1:4", 30), ("sparsedm+dipgo", 30), ("sparsedm", 10), ("sparsedm+dipgo", 10), ("dense", None),
-        ("sparsedm", None), ("sparsedm+dipgo", None),
+        ("progressive", 30), ("asp", None), ("asp", 10), ("asp", 30), ("asp@1:4", None), ("asp@1:4", 10),
+        ("asp@1:4", 30), ("sparsedm+dipgo", 30), ("progressive", 10), ("sparsedm+dipgo", 10), ("dense", None),
+        ("progressive", None), ("sparsedm+dipgo", None),
     ]
     asp = [c for c in cells if c.method == "asp"]
     assert len({c.work_group for c in asp}) == 1 and asp[0].continuation == asp[0].work_group[1]
     assert asp[0].continuation != next(c for c in cells if c.method == "asp@1:4").continuation
-    assert all(c.continuation is None for c in cells if "sparsedm" in c.method)  # staged, and chains
+    assert all(c.continuation is None for c in cells if c.method in ("progressive", "sparsedm+dipgo"))  # staged; a chain
     assert all(c.continuation is None for c in plan(["asp"], [2]))  # one budget: nothing to continue
     cosine = dataclasses.replace(UNIT, finetune=Recipe(lr=1e-3, decay="cosine"))
     assert all(c.continuation is None for c in plan(["asp"], [2, 10], cosine))  # the rate depends on the budget
 
 
 def test_a_larger_budget_continues_a_smaller_ones_training_and_ends_as_a_run_of_its_own(budget_registries, tmp_path):
-    methods = ["asp", "l1-channel", "dense-ft"]
+    methods = ["asp", "sparsedm", "l1-channel", "dense-ft"]
     run(budget_registries, tmp_path / "together", methods, [2, 5])
     together = CellStore(tmp_path / "together")
     for method in methods:
