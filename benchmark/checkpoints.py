@@ -7,16 +7,14 @@ import json
 import os
 import re
 import time
-import uuid
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import torch
 from torch import nn
 
 import backbones
 from benchmark.api import Backbone, BenchmarkError, MethodContext, RunOptions
-from benchmark.data import batch_stream, cache_dir, load_dataset
+from benchmark.data import batch_stream, cache_dir, load_dataset, write_atomically
 from benchmark.diffusion import Diffusion
 from benchmark.generation import training_set
 from benchmark.presets import Preset
@@ -214,7 +212,7 @@ def train_dense(
                 "window": window,
                 "wall_s": wall,
             }
-            _write_atomically(resume_path, lambda f: torch.save(state, f))
+            write_atomically(resume_path, lambda f: torch.save(state, f))
 
     if start < steps:
         train(model, ctx, steps - start, desc=f"dense {backbone.name}", stream=stream, optimisation=optimisation,
@@ -222,7 +220,7 @@ def train_dense(
     wall += time.perf_counter() - clock
     # train() leaves the EMA weights in the model once the budget is spent
     state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    _write_atomically(out_path, lambda f: torch.save(state_dict, f))
+    write_atomically(out_path, lambda f: torch.save(state_dict, f))
     meta = {
         **identity,
         "weights": "ema" if preset.dense.ema_decay is not None else "last iterate",
@@ -234,7 +232,7 @@ def train_dense(
         "sha256": sha256_file(out_path),
     }
     sidecar = out_path.with_name(out_path.name + ".json")
-    _write_atomically(sidecar, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    write_atomically(sidecar, lambda f: f.write(json.dumps(meta, indent=2).encode()))
     resume_path.unlink(missing_ok=True)
     return out_path
 
@@ -259,16 +257,3 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through a temporary file in the same folder, then rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

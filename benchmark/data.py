@@ -4,8 +4,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import torch
@@ -118,3 +119,16 @@ def batch_stream(images: torch.Tensor, batch_size: int, seed: int, start: int = 
             batch = images[order[b * batch_size : (b + 1) * batch_size]]
             yield to_model_range(batch) if batch.dtype == torch.uint8 else batch
         epoch, first = epoch + 1, 0
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write through a temporary file in the same folder, then rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from tqdm.auto import tqdm
 
 from benchmark import conditioning
 from benchmark.api import BenchmarkError, MethodContext
-from benchmark.data import to_model_range
+from benchmark.data import to_model_range, write_atomically
 from benchmark.presets import Recipe
 
 if TYPE_CHECKING:
@@ -203,13 +202,7 @@ def _save(path: Path, kept: Continuation) -> None:
     """Write ``kept`` (all but its batch iterators, which restart at its step) atomically to ``path``."""
     state = {"step": kept.step, "model": kept.model, "optimisation": kept.optimisation,
              "generator": kept.stream.generator.get_state(), "rng": list(kept.rng), "losses": kept.losses}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda f: torch.save(state, f))
 
 
 def _load(ctx: MethodContext) -> Continuation | None:

@@ -31,20 +31,15 @@ def weight_training_rows(cells: pd.DataFrame) -> pd.DataFrame:
 
 def ranks(groups: dict[str, pd.DataFrame]) -> dict[str, int]:
     """Each row's rank: one plus the number of rows with a lower FID beyond noise."""
-    def better(a: pd.DataFrame, b: pd.DataFrame) -> bool:
-        return significance.compare(_fids(a), _sds(a), _fids(b), _sds(b)).verdict == "lower"
-
-    return {m: 1 + sum(better(other, mine) for o, other in groups.items() if o != m) for m, mine in groups.items()}
+    return {m: 1 + sum(_compare(other, mine).verdict == "lower" for o, other in groups.items() if o != m)
+            for m, mine in groups.items()}
 
 
 def swaps(at: dict[str, pd.DataFrame], largest: dict[str, pd.DataFrame]) -> list[tuple[str, str]]:
     """Pairs ``(a, b)`` with ``a`` lower than ``b`` beyond noise at one budget and higher beyond noise at the largest."""
-    def verdict(groups: dict[str, pd.DataFrame], a: str, b: str) -> str:
-        return significance.compare(_fids(groups[a]), _sds(groups[a]), _fids(groups[b]), _sds(groups[b])).verdict
-
     common = sorted(at.keys() & largest.keys())
-    return [(a, b) for a in common for b in common
-            if a != b and verdict(at, a, b) == "lower" and verdict(largest, a, b) == "higher"]
+    return [(a, b) for a in common for b in common if a != b
+            and _compare(at[a], at[b]).verdict == "lower" and _compare(largest[a], largest[b]).verdict == "higher"]
 
 
 def same_ranking(at: dict[str, pd.DataFrame], largest: dict[str, pd.DataFrame]) -> bool:
@@ -67,6 +62,7 @@ def budget_table(cells: pd.DataFrame) -> dict[str, dict[str, Any]]:
         groups = {b: {m: g for m, g in mine[mine["steps"] == b].groupby("method")} for b in budgets}
         ranked = {b: ranks(groups[b]) for b in budgets}
         largest = budgets[-1]
+        same = {b: same_ranking(groups[b], groups[largest]) for b in budgets[:-1]}
         result[backbone] = {
             "budgets": budgets,
             "fid": {b: {m: float(g["fid"].mean()) for m, g in groups[b].items()} for b in budgets},
@@ -75,8 +71,8 @@ def budget_table(cells: pd.DataFrame) -> dict[str, dict[str, Any]]:
             "ranks": ranked,
             "tau": {b: _tau(ranked[b], ranked[largest]) for b in budgets[:-1]},
             "swaps": {b: swaps(groups[b], groups[largest]) for b in budgets[:-1]},
-            "same": {b: same_ranking(groups[b], groups[largest]) for b in budgets[:-1]},
-            "cheapest": next(b for b in budgets if b == largest or same_ranking(groups[b], groups[largest])),
+            "same": same,
+            "cheapest": next((b for b in budgets[:-1] if same[b]), largest),
             "change": {m: _compare(groups[largest][m], groups[budgets[0]][m])
                        for m in groups[largest].keys() & groups[budgets[0]].keys()},
             "loss_vs_fid": {b: _loss_correlation(groups[b]) for b in budgets},
