@@ -1,7 +1,6 @@
 """Figures: sample grids and FID-vs-cost Pareto plots of a leaderboard."""
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import BinaryIO
 
@@ -10,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import save_image  # noqa: E402
@@ -43,8 +43,7 @@ def _curves(rows: pd.DataFrame, x: pd.Series, xlabel: str, title: str, path: Pat
     backbones = sorted(rows["backbone"].unique())
     fig, axes = plt.subplots(1, len(backbones), figsize=(6.5 * len(backbones), 5), squeeze=False)
     families = sorted(rows["method"].map(method_family).unique())
-    colours = dict(zip(families, itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])))
-    markers = dict(zip(families, itertools.cycle(MARKERS)))
+    styles = row_styles(families)
     for ax, backbone in zip(axes[0], backbones):
         mine = rows[rows["backbone"] == backbone]
         for family in families:
@@ -54,14 +53,15 @@ def _curves(rows: pd.DataFrame, x: pd.Series, xlabel: str, title: str, path: Pat
             order = x[points.index].sort_values().index
             px, py = x[order], points.loc[order, "fid"]
             low, high = _numeric(points, "fid_low")[order], _numeric(points, "fid_high")[order]
-            ax.plot(px, py, marker=markers[family], color=colours[family], label=family, linewidth=1.2)
+            colour, marker = styles[family]
+            ax.plot(px, py, marker=marker, color=colour, label=family, linewidth=1.2)
             if low.notna().any():
-                ax.errorbar(px, py, yerr=[py - low, high - py], fmt="none", ecolor=colours[family], elinewidth=1,
+                ax.errorbar(px, py, yerr=[py - low, high - py], fmt="none", ecolor=colour, elinewidth=1,
                             capsize=3, alpha=0.6)
             for method, qx, qy in zip(points.loc[order, "method"], px, py):
                 if "@" in method:
                     ax.annotate(method.split("@", 1)[1], (qx, qy), textcoords="offset points", xytext=(4, 3),
-                                fontsize=7, color=colours[family])
+                                fontsize=7, color=colour)
         dense = mine[mine["method"] == "dense"]
         ax.scatter(x[dense.index], dense["fid"], s=220, facecolors="none", edgecolors="black", linewidths=1.5,
                    label="dense reference")
@@ -106,6 +106,13 @@ def pareto_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def row_styles(methods: list[str]) -> dict[str, tuple[tuple[float, ...], str]]:
+    """A colour and marker per row (or method family), the same in every panel of a figure: tab10's colours,
+    then Dark2's, so up to eighteen rows differ in colour."""
+    palette = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+    return {method: (palette[i % len(palette)], MARKERS[i % len(MARKERS)]) for i, method in enumerate(methods)}
+
+
 def budget_curves(df: pd.DataFrame, out_dir: str | Path) -> Path | None:
     """FID against fine-tuning steps (both axes log: rows near the dense reference and collapsed ones differ
     by 10x), one curve per weight-training row with its 95% intervals (clipped at the bottom of the axis where
@@ -117,16 +124,18 @@ def budget_curves(df: pd.DataFrame, out_dir: str | Path) -> Path | None:
     backbones = sorted(b for b, g in trained.groupby("backbone") if g["steps"].nunique() > 1)
     if not backbones:
         return None
+    styles = row_styles(sorted(trained["method"].unique()))
     fig, axes = plt.subplots(1, len(backbones), figsize=(8.5 * len(backbones), 5), squeeze=False)
     for ax, backbone in zip(axes[0], backbones):
         mine = trained[trained["backbone"] == backbone]
-        for (method, points), marker in zip(mine.groupby("method"), itertools.cycle(MARKERS)):
+        for method, points in mine.groupby("method"):
             points = points.sort_values("steps")
             low, high = _numeric(points, "fid_low"), _numeric(points, "fid_high")
-            line = ax.plot(points["steps"], points["fid"], marker=marker, label=method, linewidth=1.2)[0]
+            colour, marker = styles[method]
+            ax.plot(points["steps"], points["fid"], marker=marker, color=colour, label=method, linewidth=1.2)
             if low.notna().any():
                 ax.errorbar(points["steps"], points["fid"], yerr=[points["fid"] - low, high - points["fid"]],
-                            fmt="none", ecolor=line.get_color(), elinewidth=1, capsize=3, alpha=0.6)
+                            fmt="none", ecolor=colour, elinewidth=1, capsize=3, alpha=0.6)
         dense = rows[(rows["backbone"] == backbone) & (rows["method"] == "dense")]
         bottom = mine["fid"].min()
         if not dense.empty:
@@ -134,7 +143,13 @@ def budget_curves(df: pd.DataFrame, out_dir: str | Path) -> Path | None:
             ax.axhspan(low, high, color="grey", alpha=0.25, label="dense reference (95%)")
             bottom = min(bottom, dense["fid"].iloc[0], low if low > 0 else bottom)
         ax.set_xscale("log")
+        budgets = sorted(int(steps) for steps in mine["steps"].unique())
+        ax.set_xticks(budgets, labels=[str(steps) for steps in budgets])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{backbone}: FID vs fine-tuning budget")
         ax.set_xlabel("fine-tuning steps")
         ax.set_ylabel("FID (lower is better)")

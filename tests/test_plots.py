@@ -1,9 +1,10 @@
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from PIL import Image
 
 from benchmark.metrics.latency import NA_CUDA
-from benchmark.plots import method_family, pareto_plots, save_grid
+from benchmark.plots import budget_curves, method_family, pareto_plots, row_styles, save_grid
 
 
 def test_grid_png_has_the_grid_size(tmp_path):
@@ -48,3 +49,33 @@ def test_pareto_plots_with_latency(tmp_path):
     for path in paths:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] > 100
+
+
+def test_rows_keep_one_distinct_style_in_every_panel():
+    methods = [f"method-{i}" for i in range(20)]
+    styles = row_styles(methods)
+    assert len(set(styles.values())) == 20  # no two rows of a full leaderboard look alike
+    assert len({colour for colour, _ in list(styles.values())[:18]}) == 18
+    assert row_styles(methods[:3]) == {m: styles[m] for m in methods[:3]}  # the same row, the same style
+
+
+def test_budget_curves_label_the_budgets_and_colour_a_method_alike_across_backbones(tmp_path, monkeypatch):
+    rows = []
+    for backbone, methods in (("ddpm", ["asp", "dense-ft", "ste"]), ("dit", ["asp", "ste"])):
+        rows.append({"backbone": backbone, "method": "dense", "status": "ok", "fid": 20.0, "fid_low": 18.0,
+                     "fid_high": 22.0, "train_steps": 0})
+        for i, method in enumerate(methods):
+            for steps in (300, 1000, 3000):
+                fid = 40.0 + i - steps / 1000
+                rows.append({"backbone": backbone, "method": method, "status": "ok", "fid": fid,
+                             "fid_low": fid - 2, "fid_high": fid + 2, "train_steps": steps})
+    saved = {}
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, path, **_: saved.update(fig=fig, path=path))
+    assert budget_curves(pd.DataFrame(rows), tmp_path) == tmp_path / "budget_curves.png"
+    ddpm, dit = saved["fig"].axes
+    for ax in (ddpm, dit):
+        assert [tick.get_text() for tick in ax.get_xticklabels()] == ["300", "1000", "3000"]
+    colour = {ax: {line.get_label(): line.get_color() for line in ax.get_lines() if not line.get_label().startswith("_")}
+              for ax in (ddpm, dit)}
+    assert colour[ddpm]["asp"] == colour[dit]["asp"] and colour[ddpm]["ste"] == colour[dit]["ste"]
+    assert len(set(colour[ddpm].values())) == 3
