@@ -195,6 +195,9 @@ def test_budget_table_names_flipped_pairs_and_the_tau_against_the_largest_budget
     assert "| a | 10.00 ± 1.24 (1; n=3) | 25.00 ± 1.24 (3; n=3) | +15.00 (p " in text
     assert "10 steps vs 100: tau -1.00 over 3 rows; same ranks: no" in text
     assert "cheapest budget ranking the rows as 100 steps does: 100 steps" in text
+    page = budgets.render_html({"b": entry})  # the same sections on the leaderboard page
+    assert '<tr><td class="text">a</td><td>10.00 ± 1.24 (1; n=3)</td><td>25.00 ± 1.24 (3; n=3)</td>' in page
+    assert "<li>10 steps vs 100: tau -1.00 over 3 rows; same ranks: no;" in page and budgets.render_html({}) == ""
 
 
 def test_rows_missing_at_a_budget_are_left_out_of_the_comparisons_between_budgets():
@@ -222,9 +225,12 @@ def test_a_run_with_several_budgets_publishes_curves_and_rankings(budget_registr
     assert (tmp_path / "budget_curves.png").stat().st_size > 0
     text = (tmp_path / "budgets.md").read_text()
     assert "## tiny-net" in text and "| 2 steps | 3 steps |" in text
+    page = (tmp_path / "leaderboard.html").read_text()
+    assert "<h3>tiny-net</h3>" in page and "<th>2 steps</th><th>3 steps</th>" in page
     single = tmp_path / "single"
     run(budget_registries, single, ["asp"])
     assert not (single / "budgets.md").exists() and not (single / "budget_curves.png").exists()
+    assert "Rankings per fine-tuning budget" not in (single / "leaderboard.html").read_text()
 
 
 def test_within_a_seed_larger_budgets_start_first(budget_registries):

@@ -9,6 +9,7 @@ loss right after pruning is compared with the final FID by Spearman's rank corre
 """
 from __future__ import annotations
 
+import html
 import math
 from typing import Any
 
@@ -122,40 +123,68 @@ def _sds(group: pd.DataFrame) -> list[float]:
     return pd.to_numeric(group["fid_sd"], errors="coerce").fillna(0.0).tolist()
 
 
-def render(table: dict[str, dict[str, Any]]) -> str:
-    """The per-budget rankings as Markdown: one section per backbone."""
-    lines = ["# Rankings per fine-tuning budget", "",
-             "Mean FID over seeds ± the half-width of its 95% interval (rank: one plus the rows lower beyond noise, "
-             "so ties share a rank; n: seeds); Kendall's "
-             "tau-b of each budget's ranks against the largest budget's; pairs whose order flips beyond noise; "
-             "each row's change from the smallest budget to the largest (Welch's t over seeds; lower: more "
-             "fine-tuning helped beyond noise); Spearman's rho of the loss right after pruning against the final FID.", ""]
+LEGEND = ("Mean FID over seeds ± the half-width of its 95% interval (rank: one plus the rows lower beyond noise, "
+          "so ties share a rank; n: seeds); Kendall's tau-b of each budget's ranks against the largest budget's; "
+          "pairs whose order flips beyond noise; each row's change from the smallest budget to the largest (Welch's "
+          "t over seeds; lower: more fine-tuning helped beyond noise); Spearman's rho of the loss right after "
+          "pruning against the final FID.")
+
+
+def sections(table: dict[str, dict[str, Any]]) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
+    """Per backbone, as plain text for any markup: its name, the ranking table's header and rows (best at the
+    largest budget first), and the notes below the table."""
+    result = []
     for backbone, entry in table.items():
         budgets, largest = entry["budgets"], entry["budgets"][-1]
         methods = sorted({m for b in budgets for m in entry["fid"][b]},
                          key=lambda m: (entry["ranks"][largest].get(m, 99), entry["fid"][largest].get(m, math.inf)))
-        lines += [f"## {backbone}", "", "| method | " + " | ".join(f"{b} steps" for b in budgets)
-                  + f" | {budgets[0]} → {largest} |", "|---|" + "---|" * (len(budgets) + 1)]
+        header = ["method", *(f"{b} steps" for b in budgets), f"{budgets[0]} → {largest}"]
+        rows = []
         for method in methods:
             cells = [f"{entry['fid'][b][method]:.2f} ± {entry['half_width'][b][method]:.2f} "
                      f"({entry['ranks'][b][method]}; n={entry['seeds'][b][method]})" if method in entry["fid"][b] else ""
                      for b in budgets]
             change = entry["change"].get(method)
             cells.append("" if change is None else f"{change.difference:+.2f} (p {change.p_value:.2g}, {change.verdict})")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
+            rows.append([method, *cells])
+        notes = []
         if entry["dense"] is not None:
             mean, half, n = entry["dense"]
-            lines.append(f"- dense reference, no fine-tuning: {mean:.2f} ± {half:.2f} (n={n})")
-        lines.append(f"- cheapest budget ranking the rows as {largest} steps does: {entry['cheapest']} steps")
+            notes.append(f"dense reference, no fine-tuning: {mean:.2f} ± {half:.2f} (n={n})")
+        notes.append(f"cheapest budget ranking the rows as {largest} steps does: {entry['cheapest']} steps")
         for b in budgets[:-1]:
             tau, n = entry["tau"][b]
             flips = ", ".join(f"{a} < {c}" for a, c in entry["swaps"][b]) or "none"
             same = "yes" if entry["same"][b] else "no"
-            lines.append(f"- {b} steps vs {largest}: tau {tau:.2f} over {n} rows; same ranks: {same}; "
+            notes.append(f"{b} steps vs {largest}: tau {tau:.2f} over {n} rows; same ranks: {same}; "
                          f"flipped beyond noise (order at {b}): {flips}")
         for b in budgets:
             rho, n = entry["loss_vs_fid"][b]
-            lines.append(f"- loss after pruning vs FID at {b} steps: rho {rho:.2f} over {n} rows")
-        lines.append("")
+            notes.append(f"loss after pruning vs FID at {b} steps: rho {rho:.2f} over {n} rows")
+        result.append((backbone, header, rows, notes))
+    return result
+
+
+def render(table: dict[str, dict[str, Any]]) -> str:
+    """The per-budget rankings as Markdown (``budgets.md``): one section per backbone."""
+    lines = ["# Rankings per fine-tuning budget", "", LEGEND, ""]
+    for backbone, header, rows, notes in sections(table):
+        lines += [f"## {backbone}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["", *(f"- {note}" for note in notes), ""]
     return "\n".join(lines)
+
+
+def render_html(table: dict[str, dict[str, Any]]) -> str:
+    """The same rankings as an HTML fragment, for the leaderboard page; empty without several budgets."""
+    if not table:
+        return ""
+    parts = ["<h2>Rankings per fine-tuning budget</h2>", f"<p>{html.escape(LEGEND)}</p>"]
+    for backbone, header, rows, notes in sections(table):
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join(f'<tr><td class="text">{html.escape(row[0])}</td>'
+                       + "".join(f"<td>{html.escape(c)}</td>" for c in row[1:]) + "</tr>" for row in rows)
+        items = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
+        parts.append(f"<h3>{html.escape(backbone)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+                     f"</table><ul>{items}</ul>")
+    return "\n".join(parts)

@@ -1,8 +1,9 @@
 """``leaderboard.html``: the leaderboard as one self-contained page (no network at view time).
 
 The table is plain HTML, readable without JavaScript; a small inline script sorts it by any column (click a
-header) and filters rows by backbone, method family and budget. The run's plots are inlined as PNG data,
-and each row links its first seed's sample grid (``samples/`` beside the page), shown on demand.
+header) and filters rows by backbone, method family and budget. A run with several budgets adds its rankings
+per budget below it. The run's plots are inlined as PNG data, and each row links its first seed's sample grid
+(``samples/`` beside the page), shown on demand.
 """
 from __future__ import annotations
 
@@ -61,15 +62,16 @@ table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }
 th { cursor: pointer; background: #f3f3f3; position: sticky; top: 0; }
 th[data-order="asc"]::after { content: " ▲"; } th[data-order="desc"]::after { content: " ▼"; }
-td.text { text-align: left; }
+td.text, th:first-child { text-align: left; }
 img.plot { max-width: 100%; }
 """
 
 
 def render_page(df: pd.DataFrame, cells: pd.DataFrame, out_dir: str | Path, shown: list[str],
-                headers: list[str], cell_text) -> str:
+                headers: list[str], cell_text, rankings: str = "") -> str:
     """The page for leaderboard rows ``df`` (``shown`` columns under ``headers``, each cell as ``cell_text``
-    renders it) with per-seed ``cells`` for the sample links and the plots found in ``out_dir``."""
+    renders it) with per-seed ``cells`` for the sample links, the ``rankings`` per budget (an HTML fragment)
+    and the plots found in ``out_dir``."""
     out_dir = Path(out_dir)
     families = sorted({_family(m) for m in df["method"]})
     budgets = sorted({int(b) for b in pd.to_numeric(df["train_steps"], errors="coerce").dropna()})
@@ -94,6 +96,7 @@ against the reference row at p &lt; 0.05, a difference inside the noise being a 
 <tbody>
 {chr(10).join(rows)}
 </tbody></table>
+{rankings}
 {chr(10).join(plots)}
 <script>{SCRIPT}</script>
 </body></html>

@@ -190,14 +190,15 @@ def _sds(group: pd.DataFrame) -> list[float]:
 
 
 def render(df: pd.DataFrame, fmt: str, out_dir: str | os.PathLike[str] | None = None) -> str:
-    """The leaderboard as Markdown (``md``), CSV, JSON or a self-contained HTML page (``html``, which inlines the
-    plots and links the sample grids found in ``out_dir``)."""
+    """The leaderboard as Markdown (``md``), CSV, JSON or a self-contained HTML page (``html``, which adds the
+    rankings per budget of ``out_dir``'s cells, inlines its plots and links its sample grids)."""
     if fmt == "html":
         from benchmark.grid import page
 
         shown, headers = _shown(df)
         cells = load_cell_rows(out_dir) if out_dir is not None else pd.DataFrame(columns=CELL_COLUMNS)
-        return page.render_page(df, cells, out_dir or ".", shown, headers, cell_text)
+        rankings = budgets.render_html(budgets.budget_table(cells))
+        return page.render_page(df, cells, out_dir or ".", shown, headers, cell_text, rankings)
     if fmt == "md":
         return _markdown(df)
     if fmt == "csv":
