@@ -96,11 +96,6 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """Model-range floats in [-1, 1] -> floats in [0, 1] (clamped), e.g. for FID or saving."""
-    return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
-
-
 def batch_stream(images: torch.Tensor, batch_size: int, seed: int, start: int = 0) -> Iterator[torch.Tensor]:
     """Endless batches; epoch ``e`` visits ``images`` in a permutation seeded by ``seed + e``.
 

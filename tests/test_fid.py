@@ -13,7 +13,6 @@ from benchmark.metrics.fid import (
     FIDScorer,
     bootstrap_fid,
     fid_from_features,
-    fid_label,
     reference_features,
 )
 
@@ -53,10 +52,6 @@ def features(scorer, digit_sets):
         "b": scorer.features(to_model_range(digits_b)),
         "noise": scorer.features(noise),
     }
-
-
-def test_fid_label():
-    assert fid_label(256) == "fid@256"
 
 
 @needs_weights

@@ -10,7 +10,7 @@ import pytest
 
 from benchmark.grid import store as results
 from benchmark.api import BenchmarkError
-from benchmark.grid.report import COLUMNS, load_cells, publish, render, write_leaderboard
+from benchmark.grid.report import COLUMNS, load_cells, publish, render
 from benchmark.grid.store import SCHEMA_VERSION, CellStore, config_hash
 
 NA = "n/a (needs CUDA sm80+)"
@@ -253,18 +253,13 @@ class TestLeaderboard:
         assert df.loc["asp"].iloc[0]["vs_reference"].startswith("▲ higher than dense-ft (p=")  # ok row first
         assert list(df.loc["asp", "status"]) == ["ok", "failed"]
 
-    def test_write_leaderboard(self, run_dir):
-        paths = write_leaderboard(run_dir)
-        assert sorted(paths) == ["csv", "html", "json", "md"]
-        assert all(p.parent == run_dir and p.stat().st_size > 0 for p in paths.values())
-
     def test_publish_rewrites_the_plots_too(self, run_dir):
         assert publish(run_dir) == {fmt: run_dir / f"leaderboard.{fmt}" for fmt in ("md", "csv", "json", "html")}
         assert all((run_dir / f"pareto_fid_vs_{x}.png").stat().st_size > 0 for x in ("macs", "latency"))
 
     def test_empty_run_dir(self, tmp_path):
         with pytest.raises(BenchmarkError, match="no result cells"):
-            write_leaderboard(tmp_path)
+            publish(tmp_path)
         assert not os.listdir(tmp_path)
 
 

@@ -212,11 +212,6 @@ def render(df: pd.DataFrame, fmt: str, out_dir: str | os.PathLike[str] | None = 
     raise BenchmarkError(f"unknown leaderboard format {fmt!r}; available: {', '.join(FORMATS)}")
 
 
-def write_leaderboard(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write ``leaderboard.{md,csv,json,html}`` into ``out_dir``; returns the paths by format."""
-    return _write_tables(load_cells(out_dir), out_dir)
-
-
 def publish(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Rewrite the leaderboard files and the Pareto plots from ``out_dir``'s cells, and with several fine-tuning
     budgets ``budgets.md`` and ``budget_curves.png``; the table paths by format."""

@@ -40,11 +40,6 @@ _SVD_BATCH_ELEMENTS = 1 << 22  # float64 entries per batched svdvals call (32 Mi
 
 
 
-def fid_label(n: int) -> str:
-    """The metric's name in tables: FID depends strongly on the sample count, so it is part of it."""
-    return f"fid@{n}"
-
-
 def hub_weights_path() -> Path:
     """Where pytorch-fid looks for (and downloads) its weights."""
     return Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_WEIGHTS

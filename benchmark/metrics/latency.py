@@ -149,21 +149,6 @@ def evaluation(model: nn.Module, inputs: Sequence[torch.Tensor]) -> Callable[[],
     return run
 
 
-def dense_latency_ms(
-    model: nn.Module, inputs: Sequence[torch.Tensor], device: str | torch.device, warmup: int = 5, repeat: int = 30
-) -> float:
-    """Milliseconds per network evaluation ``model(*inputs)`` on ``device`` (moves ``model`` there)."""
-    model.to(device)
-    inputs = tuple(x.to(device) for x in inputs)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            return time_fn(lambda: model(*inputs), device, warmup, repeat)
-    finally:
-        model.train(was_training)
-
-
 def semi_structured_supported(device: str | torch.device = "cuda") -> tuple[bool, str]:
     """Whether 2:4 kernels run on ``device``; the reason is :data:`NA_CUDA` when they don't."""
     device = torch.device(device)
