@@ -90,17 +90,18 @@ def pairs_table(cells: pd.DataFrame, tests: Iterable[tuple[str, str, str]], metr
 
 
 def equal_latency(cells: pd.DataFrame) -> str:
-    """Operating points by measured speedup, and each structural point against the nearest skip schedule."""
+    """Operating points by measured speedup, and each structural point against the nearest skip schedule; per
+    backbone, or per backbone and budget where a run has several (a row's seeds are never pooled across budgets)."""
     out = []
     single = cells[~cells["method"].str.contains(r"\+")]
-    for backbone, rows in single.groupby("backbone"):
+    for backbone, rows in budget_groups(single):
         rows = rows.assign(speedup=pd.to_numeric(rows["speedup"], errors="coerce"))
         points = rows.dropna(subset=["speedup"]).groupby("method").agg(
             speedup=("speedup", "mean"), fid=("fid", "mean"), seeds=("fid", "size"), macs=("sparse_macs_g", "mean")
         ).sort_values("speedup")
         out += [f"\n### {backbone}: operating points by measured speedup (mean over seeds)\n",
                 "| method | speedup | sparse MMACs | FID | seeds |", "|---|---|---|---|---|"]
-        out += [f"| {m} | {p.speedup:.2f} | {p.macs * 1e3:.1f} | {p.fid:.1f} | {p.seeds} |" for m, p in points.iterrows()]
+        out += [f"| {m} | {p.speedup:.2f} | {p.macs * 1e3:.1f} | {p.fid:.1f} | {int(p.seeds)} |" for m, p in points.iterrows()]
         family = points.index.str.split("@").str[0]
         skips = points[family.isin(SKIP_FAMILIES)]
         structural = points[family.isin(STRUCTURAL_FAMILIES)]

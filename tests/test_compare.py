@@ -53,6 +53,20 @@ def test_with_several_budgets_rows_that_train_no_weights_serve_every_budget(tmp_
     assert "| ddpm, 3000 steps | dense-ft vs dense | +0.10 |" in out and out.count("| ddpm") == 2
 
 
+def test_equal_latency_never_pools_a_row_across_budgets(tmp_path, capsys):
+    store = CellStore(tmp_path / "run")
+    for seed in range(3):
+        store.write(make_cell("dit", "uniform-skip", fid=35.0 + seed, seed=seed, train_steps=0, speedup=1.9))
+        for steps, fid in {300: 150.0, 3000: 60.0}.items():
+            store.write({**make_cell("dit", "l1-channel", fid=fid + seed, seed=seed, train_steps=steps, speedup=1.6),
+                         "steps": None if steps == 300 else steps})
+    code, out, _ = run_main(capsys, "compare", store.out_dir, "--claims")
+    assert code == 0
+    assert "### dit, 300 steps: operating points" in out and "### dit, 3000 steps: operating points" in out
+    assert "| l1-channel | 1.60 | 30.0 | 151.0 | 3 |" in out and "| l1-channel | 1.60 | 30.0 | 61.0 | 3 |" in out
+    assert "| l1-channel | 1.60 | uniform-skip | 1.90 | +25.00 |" in out  # 3000 steps: 61 against 36
+
+
 def test_bad_rows_get_one_line(run_dir, capsys):
     code, _, err = run_main(capsys, "compare", run_dir, "sparsedm", "dipgo")
     assert code == 2 and "no ok row 'dipgo'" in err and "rows: asp, sparsedm, ste" in err
