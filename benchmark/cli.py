@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "equal config hashes)")
     rerun.add_argument("first", type=Path, metavar="DIR")
     rerun.add_argument("second", type=Path, metavar="DIR")
+    rerun.add_argument("--any-config", action="store_true",
+                       help="also pair cells of the same name whose config hashes differ (their config column says so)")
     rerun.set_defaults(handler=rerun_diff_command)
 
     convergence = command("dipgo-convergence", "train DiP-GO's pruner on each backbone's dense reference and show when "
@@ -478,7 +480,7 @@ def check_dense_command(args: argparse.Namespace) -> int:
 def rerun_diff_command(args: argparse.Namespace) -> int:
     from benchmark import compare
 
-    print(compare.rerun_diff(args.first, args.second))
+    print(compare.rerun_diff(args.first, args.second, any_config=args.any_config))
     return 0
 
 

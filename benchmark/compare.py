@@ -4,7 +4,8 @@
 floored variances, as the leaderboard's ``vs_reference``; at p >= 0.05 a tie); ``compare RUN --claims``
 tests the comparisons the papers claim (:data:`CLAIMS`) and, at equal measured latency, each structural
 operating point against the skip schedule nearest to it in speedup. ``rerun-diff RUN_A RUN_B`` sets two
-runs' cells with equal config hashes side by side: how far a rerun moves each FID and speedup.
+runs' cells with equal config hashes (or, with ``--any-config``, every cell of the same name) side by side: how
+far a rerun moves each FID and speedup.
 """
 from __future__ import annotations
 
@@ -118,22 +119,26 @@ def equal_latency(cells: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def rerun_diff(first: str | Path, second: str | Path) -> str:
-    """The cells of two runs with equal config hashes: FIDs, their difference judged against the two cells'
-    bootstrap intervals, and speedups."""
+def rerun_diff(first: str | Path, second: str | Path, any_config: bool = False) -> str:
+    """The cells of two runs with equal config hashes (with ``any_config``, every cell both runs name alike):
+    FIDs, their difference judged against the two cells' bootstrap intervals, and speedups."""
     a_cells, b_cells = (_by_stem(run) for run in (first, second))
-    shared = [s for s in a_cells if s in b_cells and a_cells[s]["config_hash"] == b_cells[s]["config_hash"]]
+    shared = [s for s in a_cells if s in b_cells
+              and (any_config or a_cells[s]["config_hash"] == b_cells[s]["config_hash"])]
     a_name, b_name = Path(first).name, Path(second).name
-    lines = [f"# {first} vs {second}: {len(shared)} cells with equal config hashes", "",
-             f"| cell | FID, {a_name} | FID, {b_name} | difference | verdict | speedup, {a_name} | speedup, {b_name} |",
-             "|---|---|---|---|---|---|---|"]
+    which = "the same name" if any_config else "equal config hashes"
+    lines = [f"# {first} vs {second}: {len(shared)} cells with {which}", "",
+             f"| cell | FID, {a_name} | FID, {b_name} | difference | verdict | speedup, {a_name} | speedup, {b_name} |"
+             + (" config |" if any_config else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if any_config else "")]
     agree = 0
     for stem in shared:
         a, b = a_cells[stem]["metrics"], b_cells[stem]["metrics"]
         verdict = significance.compare([a["fid"]], [a["fid_sd"]], [b["fid"]], [b["fid_sd"]]).verdict
         agree += abs(a["fid"] - b["fid"]) < AGREE
+        config = " equal |" if a_cells[stem]["config_hash"] == b_cells[stem]["config_hash"] else " differs |"
         lines.append(f"| {stem} | {a['fid']:.3f} | {b['fid']:.3f} | {a['fid'] - b['fid']:+.3f} | {verdict} | "
-                     f"{_speedup(a)} | {_speedup(b)} |")
+                     f"{_speedup(a)} | {_speedup(b)} |" + (config if any_config else ""))
     lines += ["", f"{agree} of {len(shared)} FIDs agree within {AGREE}; the rest differ by the amounts above."]
     return "\n".join(lines)
 

@@ -83,3 +83,19 @@ def test_rerun_diff_sets_equal_cells_side_by_side(run_dir, tmp_path, capsys):
     assert code == 0 and "9 cells with equal config hashes" in out
     assert "| uvit__ste__seed0 | 30.000 | 33.000 | -3.000 |" in out
     assert "8 of 9 FIDs agree within 0.001" in out
+
+
+def test_rerun_diff_any_config_pairs_cells_whose_configs_differ(run_dir, tmp_path, capsys):
+    other = CellStore(tmp_path / "rerun")
+    for method, fids in FIDS.items():
+        for seed, fid in enumerate(fids):
+            cell = make_cell("uvit", method, fid=fid, seed=seed)
+            if method == "asp":
+                cell = {**cell, "config_hash": "another-recipe"}
+            other.write(cell)
+    _, out, _ = run_main(capsys, "rerun-diff", run_dir, tmp_path / "rerun")
+    assert "6 cells with equal config hashes" in out and "uvit__asp" not in out
+    _, out, _ = run_main(capsys, "rerun-diff", run_dir, tmp_path / "rerun", "--any-config")
+    assert "9 cells with the same name" in out and "9 of 9 FIDs agree" in out
+    assert "| uvit__asp__seed0 | 20.400 | 20.400 | +0.000 | tie | n/a | n/a | differs |" in out
+    assert "| uvit__ste__seed0 | 30.000 | 30.000 | +0.000 | tie | n/a | n/a | equal |" in out
