@@ -123,22 +123,21 @@ def rerun_diff(first: str | Path, second: str | Path, any_config: bool = False) 
     """The cells of two runs with equal config hashes (with ``any_config``, every cell both runs name alike):
     FIDs, their difference judged against the two cells' bootstrap intervals, and speedups."""
     a_cells, b_cells = (_by_stem(run) for run in (first, second))
-    shared = [s for s in a_cells if s in b_cells
-              and (any_config or a_cells[s]["config_hash"] == b_cells[s]["config_hash"])]
+    same_config = {s: a_cells[s]["config_hash"] == b_cells[s]["config_hash"] for s in a_cells if s in b_cells}
+    shared = [s for s, same in same_config.items() if any_config or same]
     a_name, b_name = Path(first).name, Path(second).name
-    which = "the same name" if any_config else "equal config hashes"
+    which, head, rule = ("the same name", " config |", "---|") if any_config else ("equal config hashes", "", "")
     lines = [f"# {first} vs {second}: {len(shared)} cells with {which}", "",
              f"| cell | FID, {a_name} | FID, {b_name} | difference | verdict | speedup, {a_name} | speedup, {b_name} |"
-             + (" config |" if any_config else ""),
-             "|---|---|---|---|---|---|---|" + ("---|" if any_config else "")]
+             + head, "|---|---|---|---|---|---|---|" + rule]
     agree = 0
     for stem in shared:
         a, b = a_cells[stem]["metrics"], b_cells[stem]["metrics"]
         verdict = significance.compare([a["fid"]], [a["fid_sd"]], [b["fid"]], [b["fid_sd"]]).verdict
         agree += abs(a["fid"] - b["fid"]) < AGREE
-        config = " equal |" if a_cells[stem]["config_hash"] == b_cells[stem]["config_hash"] else " differs |"
+        config = f" {'equal' if same_config[stem] else 'differs'} |" if any_config else ""
         lines.append(f"| {stem} | {a['fid']:.3f} | {b['fid']:.3f} | {a['fid'] - b['fid']:+.3f} | {verdict} | "
-                     f"{_speedup(a)} | {_speedup(b)} |" + (config if any_config else ""))
+                     f"{_speedup(a)} | {_speedup(b)} |{config}")
     lines += ["", f"{agree} of {len(shared)} FIDs agree within {AGREE}; the rest differ by the amounts above."]
     return "\n".join(lines)
 

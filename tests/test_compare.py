@@ -19,6 +19,12 @@ def run_dir(tmp_path):
     return store.out_dir
 
 
+def budget_cell(backbone, method, fid, seed, steps, **metrics):
+    """A weight-training cell at a budget; 300 is the preset's own, which a cell's ``steps`` leaves unset."""
+    return {**make_cell(backbone, method, fid=fid, seed=seed, train_steps=steps, **metrics),
+            "steps": None if steps == 300 else steps}
+
+
 def run_main(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -46,8 +52,7 @@ def test_with_several_budgets_rows_that_train_no_weights_serve_every_budget(tmp_
         store.write(make_cell("ddpm", "dense", fid=fid, seed=seed, train_steps=0))
     for steps, fids in {300: [30.0, 31.0, 30.5], 3000: [20.2, 20.7, 20.9]}.items():
         for seed, fid in enumerate(fids):
-            store.write({**make_cell("ddpm", "dense-ft", fid=fid, seed=seed, train_steps=steps),
-                         "steps": None if steps == 300 else steps})  # 300: the preset's own budget
+            store.write(budget_cell("ddpm", "dense-ft", fid, seed, steps))
     code, out, _ = run_main(capsys, "compare", store.out_dir, "dense-ft", "dense")
     assert code == 0 and "| ddpm, 300 steps | dense-ft vs dense | +10.00 |" in out
     assert "| ddpm, 3000 steps | dense-ft vs dense | +0.10 |" in out and out.count("| ddpm") == 2
@@ -58,8 +63,7 @@ def test_equal_latency_never_pools_a_row_across_budgets(tmp_path, capsys):
     for seed in range(3):
         store.write(make_cell("dit", "uniform-skip", fid=35.0 + seed, seed=seed, train_steps=0, speedup=1.9))
         for steps, fid in {300: 150.0, 3000: 60.0}.items():
-            store.write({**make_cell("dit", "l1-channel", fid=fid + seed, seed=seed, train_steps=steps, speedup=1.6),
-                         "steps": None if steps == 300 else steps})
+            store.write(budget_cell("dit", "l1-channel", fid + seed, seed, steps, speedup=1.6))
     code, out, _ = run_main(capsys, "compare", store.out_dir, "--claims")
     assert code == 0
     assert "### dit, 300 steps: operating points" in out and "### dit, 3000 steps: operating points" in out
