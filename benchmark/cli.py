@@ -230,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also pair cells of the same name whose config hashes differ (their config column says so)")
     rerun.set_defaults(handler=rerun_diff_command)
 
+    cost = command("cost", "what a run's finished cells cost per backbone: worker seconds, the dearest cell, wall "
+                           "time over the sessions that ran them")
+    cost.add_argument("run_dir", type=Path, metavar="DIR")
+    cost.add_argument("--gap", type=positive_int, default=5, metavar="MIN",
+                      help="cells further apart than this many minutes start a new session (default: 5)")
+    cost.set_defaults(handler=cost_command)
+
     convergence = command("dipgo-convergence", "train DiP-GO's pruner on each backbone's dense reference and show when "
                                                "its learned schedules stop changing")
     convergence.add_argument("--backbones", default="all", metavar="LIST", help="'all' or a comma list (default: all)")
@@ -481,6 +488,19 @@ def rerun_diff_command(args: argparse.Namespace) -> int:
     from benchmark import compare
 
     print(compare.rerun_diff(args.first, args.second, any_config=args.any_config))
+    return 0
+
+
+def cost_command(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from benchmark.grid import cost
+    from benchmark.grid.store import CellStore
+
+    cells = CellStore(args.run_dir).all_cells()
+    if not cells:
+        raise BenchmarkError(f"no result cells in {args.run_dir / 'cells'}; run `python -m benchmark run --out {args.run_dir}` first")
+    print(cost.render(cost.summarize(cells, timedelta(minutes=args.gap))))
     return 0
 
 
