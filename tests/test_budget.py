@@ -200,6 +200,23 @@ def test_budget_table_names_flipped_pairs_and_the_tau_against_the_largest_budget
     assert "<li>10 steps vs 100: tau -1.00 over 3 rows; same ranks: no;" in page and budgets.render_html({}) == ""
 
 
+def test_loss_after_pruning_is_correlated_with_fid_within_rows_whose_seeds_prune_differently():
+    import pandas as pd
+
+    from benchmark.grid import budgets
+
+    rows = _seeds("fixed", 10, [10.0, 12.0, 11.0], 1.0) + _seeds("fixed", 100, [9.0, 8.0, 7.0], 1.0)
+    rows[2]["loss_after_pruning"] = 1.0000001  # float noise (another thread count) is not another pruned model
+    for steps, fids in ((10, [30.0, 20.0, 25.0]), (100, [5.0, 7.0, 6.0])):
+        rows += [{**row, "loss_after_pruning": loss}  # seed 0 prunes best: loss 0.1 < 0.3 < 0.2
+                 for row, loss in zip(_seeds("varies", steps, fids, 0.0), [0.1, 0.3, 0.2])]
+    entry = budgets.budget_table(pd.DataFrame(rows))["b"]
+    assert entry["loss_vs_fid_within"][10] == {"varies": pytest.approx(-1.0)}  # one loss for every seed: no entry
+    assert entry["loss_vs_fid_within"][100] == {"varies": pytest.approx(1.0)}
+    text = budgets.render({"b": entry})
+    assert "- loss after pruning vs FID within rows at 100 steps, over seeds: varies 1.00" in text
+
+
 def test_rows_missing_at_a_budget_are_left_out_of_the_comparisons_between_budgets():
     import pandas as pd
 

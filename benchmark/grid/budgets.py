@@ -20,6 +20,7 @@ from benchmark import significance
 from benchmark.grid.store import REFERENCE_METHOD
 
 MIN_ROWS = 3  # fewer rows than this give no rank correlation
+SAME_LOSS = 1e-5  # relative spread below which a row's seeds prune alike (thread counts move the 8th digit)
 
 
 def weight_training_rows(cells: pd.DataFrame) -> pd.DataFrame:
@@ -77,6 +78,7 @@ def budget_table(cells: pd.DataFrame) -> dict[str, dict[str, Any]]:
             "change": {m: _compare(groups[largest][m], groups[budgets[0]][m])
                        for m in groups[largest].keys() & groups[budgets[0]].keys()},
             "loss_vs_fid": {b: _loss_correlation(groups[b]) for b in budgets},
+            "loss_vs_fid_within": {b: _loss_correlation_within(groups[b]) for b in budgets},
             "dense": _dense(cells, backbone),
         }
     return result
@@ -109,6 +111,17 @@ def _loss_correlation(groups: dict[str, pd.DataFrame]) -> tuple[float, int]:
     return float(stats.spearmanr(*zip(*pairs)).statistic), len(pairs)
 
 
+def _loss_correlation_within(groups: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """Per row whose seeds prune to different losses (a seed-dependent architecture or init): Spearman's rho
+    of its seeds' losses after pruning against their final FIDs; rows with one loss for every seed have none."""
+    result = {}
+    for method, group in sorted(groups.items()):
+        losses = pd.to_numeric(group["loss_after_pruning"], errors="coerce")
+        if losses.notna().sum() >= MIN_ROWS and losses.max() - losses.min() > SAME_LOSS * abs(losses.mean()):
+            result[method] = float(stats.spearmanr(losses, group["fid"], nan_policy="omit").statistic)
+    return result
+
+
 def _half_width(group: pd.DataFrame) -> float:
     """Half the 95% interval of the row's mean FID, as the leaderboard gives it (seeds and samples)."""
     summary = significance.summarize(_fids(group), _sds(group))
@@ -127,7 +140,8 @@ LEGEND = ("Mean FID over seeds ± the half-width of its 95% interval (rank: one 
           "so ties share a rank; n: seeds); Kendall's tau-b of each budget's ranks against the largest budget's; "
           "pairs whose order flips beyond noise; each row's change from the smallest budget to the largest (Welch's "
           "t over seeds; lower: more fine-tuning helped beyond noise); Spearman's rho of the loss right after "
-          "pruning against the final FID.")
+          "pruning against the final FID, across rows and, for rows whose seeds prune differently, across a row's "
+          "seeds.")
 
 
 def sections(table: dict[str, dict[str, Any]]) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
@@ -161,6 +175,11 @@ def sections(table: dict[str, dict[str, Any]]) -> list[tuple[str, list[str], lis
         for b in budgets:
             rho, n = entry["loss_vs_fid"][b]
             notes.append(f"loss after pruning vs FID at {b} steps: rho {rho:.2f} over {n} rows")
+        for b in budgets:
+            within = entry["loss_vs_fid_within"][b]
+            if within:
+                rhos = ", ".join(f"{m} {rho:.2f}" for m, rho in within.items())
+                notes.append(f"loss after pruning vs FID within rows at {b} steps, over seeds: {rhos}")
         result.append((backbone, header, rows, notes))
     return result
 
