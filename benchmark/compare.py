@@ -1,7 +1,7 @@
 """``python -m benchmark compare`` and ``rerun-diff``: the tests behind the published verdicts, on any run.
 
 ``compare RUN A B`` tests two rows of one run per backbone (Welch's t over seeds on the seeds' bootstrap-
-floored variances, as the leaderboard's ``vs_reference``; at p >= 0.05 a tie); ``compare RUN --claims``
+floored variances, as the leaderboard's ``vs_reference``; at p >= 0.05 a tie) and lists each row's seeds; ``compare RUN --claims``
 tests the comparisons the papers claim (:data:`CLAIMS`) and, at equal measured latency, each structural
 operating point against the skip schedule nearest to it in speedup. ``rerun-diff RUN_A RUN_B`` sets two
 runs' cells with equal config hashes (or, with ``--any-config``, every cell of the same name) side by side: how
@@ -66,7 +66,8 @@ def pairs(cells: pd.DataFrame, tests: Iterable[tuple[str, str, str]], metric: st
             result = significance.compare(*_values(a, metric), *_values(b, metric))
             label = f"{claim}: {first} vs {second}" if claim else f"{first} vs {second}"
             lines.append(f"| {where} | {label}{'' if metric == 'fid' else f' ({metric})'} | "
-                         f"{result.difference:+.2f} | {result.p_value:.2g} | {result.verdict} (n = {len(a)}, {len(b)}) |")
+                         f"{result.difference:+.2f} | {result.p_value:.2g} | {result.verdict} (n = {len(a)}, {len(b)}) | "
+                         f"{_per_seed(a, metric)} | {_per_seed(b, metric)} |")
     return lines
 
 
@@ -86,7 +87,8 @@ def budget_groups(cells: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
 
 def pairs_table(cells: pd.DataFrame, tests: Iterable[tuple[str, str, str]], metrics: Iterable[str]) -> str:
     tests = list(tests)
-    header = ["| backbone | comparison | first − second | p | verdict |", "|---|---|---|---|---|"]
+    header = ["| backbone | comparison | first − second | p | verdict | first, per seed | second, per seed |",
+              "|---|---|---|---|---|---|---|"]
     return "\n".join(header + [line for metric in metrics for line in pairs(cells, tests, metric)])
 
 
@@ -150,6 +152,12 @@ def _by_stem(run: str | Path) -> dict[str, dict]:
 def _speedup(metrics: dict) -> str:
     value = metrics.get("speedup")
     return f"{value:.2f}" if isinstance(value, float) else "n/a"
+
+
+def _per_seed(rows: pd.DataFrame, metric: str) -> str:
+    """The row's values in seed order, as ``seed: value``."""
+    ordered = rows.sort_values("seed")
+    return ", ".join(f"{int(seed)}: {float(v):.1f}" for seed, v in zip(ordered["seed"], ordered[metric]))
 
 
 def _values(rows: pd.DataFrame, metric: str) -> tuple[list[float], list[float]]:

@@ -34,6 +34,7 @@ def run_main(capsys, *argv):
 def test_two_rows_are_tested_per_backbone(run_dir, capsys):
     code, out, _ = run_main(capsys, "compare", run_dir, "sparsedm", "ste")
     assert code == 0 and "| uvit | sparsedm vs ste | -10.00 |" in out and "lower (n = 3, 3)" in out
+    assert "| 0: 20.0, 1: 21.0, 2: 20.5 | 0: 30.0, 1: 31.0, 2: 30.5 |" in out  # each row's seeds, in seed order
     _, out, _ = run_main(capsys, "compare", run_dir, "sparsedm", "asp")
     assert "tie (n = 3, 3)" in out
 
