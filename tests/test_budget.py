@@ -217,6 +217,19 @@ def test_loss_after_pruning_is_correlated_with_fid_within_rows_whose_seeds_prune
     assert "- loss after pruning vs FID within rows at 100 steps, over seeds: varies 1.00" in text
 
 
+def test_tau_is_undefined_where_every_row_shares_one_rank():
+    import pandas as pd
+
+    from benchmark.grid import budgets
+
+    rows = (_seeds("a", 10, [10.0, 10.1, 9.9], 1.0) + _seeds("b", 10, [20.0, 20.1, 19.9], 2.0)
+            + _seeds("c", 10, [30.0, 30.2, 29.8], 3.0))
+    rows += [{**row, "train_steps": 100, "fid_sd": 20.0} for row in rows]  # at 100 steps no row tells from another
+    entry = budgets.budget_table(pd.DataFrame(rows))["b"]
+    assert set(entry["ranks"][100].values()) == {1}
+    assert "10 steps vs 100: tau undefined over 3 rows (one budget ranks them all alike)" in budgets.render({"b": entry})
+
+
 def test_rows_missing_at_a_budget_are_left_out_of_the_comparisons_between_budgets():
     import pandas as pd
 
@@ -229,6 +242,7 @@ def test_rows_missing_at_a_budget_are_left_out_of_the_comparisons_between_budget
               "loss_after_pruning": None} for s, f in enumerate([4.0, 4.1, 3.9])]
     entry = budgets.budget_table(pd.DataFrame(rows + dense))["b"]  # c has not reached 100 steps yet
     assert entry["same"][10] and entry["tau"][10][1] == 2 and entry["swaps"][10] == []
+    assert "10 steps vs 100: no tau over 2 rows; same ranks: yes" in budgets.render({"b": entry})
     assert entry["cheapest"] == 10 and "c" not in entry["change"]  # the rows both budgets have rank alike
     assert entry["dense"] == (pytest.approx(4.0), pytest.approx(1.24, abs=0.01), 3)
     text = budgets.render({"b": entry})

@@ -103,6 +103,14 @@ def _tau(mine: dict[str, int], theirs: dict[str, int]) -> tuple[float, int]:
     return float(tau), len(common)
 
 
+def _tau_text(tau: float, rows: int) -> str:
+    if rows < MIN_ROWS:
+        return f"no tau over {rows} rows"
+    if math.isnan(tau):  # a ranking in which every row shares one rank has no order to correlate
+        return f"tau undefined over {rows} rows (one budget ranks them all alike)"
+    return f"tau {tau:.2f} over {rows} rows"
+
+
 def _loss_correlation(groups: dict[str, pd.DataFrame]) -> tuple[float, int]:
     pairs = [(pd.to_numeric(g["loss_after_pruning"], errors="coerce").mean(), g["fid"].mean()) for g in groups.values()]
     pairs = [(loss, fid) for loss, fid in pairs if math.isfinite(loss)]
@@ -170,7 +178,7 @@ def sections(table: dict[str, dict[str, Any]]) -> list[tuple[str, list[str], lis
             tau, n = entry["tau"][b]
             flips = ", ".join(f"{a} < {c}" for a, c in entry["swaps"][b]) or "none"
             same = "yes" if entry["same"][b] else "no"
-            notes.append(f"{b} steps vs {largest}: tau {tau:.2f} over {n} rows; same ranks: {same}; "
+            notes.append(f"{b} steps vs {largest}: {_tau_text(tau, n)}; same ranks: {same}; "
                          f"flipped beyond noise (order at {b}): {flips}")
         for b in budgets:
             rho, n = entry["loss_vs_fid"][b]
