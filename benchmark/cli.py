@@ -499,7 +499,8 @@ def cost_command(args: argparse.Namespace) -> int:
 
     cells = CellStore(args.run_dir).all_cells()
     if not cells:
-        raise BenchmarkError(f"no result cells in {args.run_dir / 'cells'}; run `python -m benchmark run --out {args.run_dir}` first")
+        raise BenchmarkError(f"no result cells in {args.run_dir / 'cells'}; "
+                             f"run `python -m benchmark run --out {args.run_dir}` first")
     print(cost.render(cost.summarize(cells, timedelta(minutes=args.gap))))
     return 0
 

@@ -1,9 +1,9 @@
 """``python -m benchmark compare`` and ``rerun-diff``: the tests behind the published verdicts, on any run.
 
 ``compare RUN A B`` tests two rows of one run per backbone (Welch's t over seeds on the seeds' bootstrap-
-floored variances, as the leaderboard's ``vs_reference``; at p >= 0.05 a tie) and lists each row's seeds; ``compare RUN --claims``
-tests the comparisons the papers claim (:data:`CLAIMS`) and, at equal measured latency, each structural
-operating point against the skip schedule nearest to it in speedup. ``rerun-diff RUN_A RUN_B`` sets two
+floored variances, as the leaderboard's ``vs_reference``; at p >= 0.05 a tie) beside each row's seeds;
+``compare RUN --claims`` tests the comparisons the papers claim (:data:`CLAIMS`) and, at equal measured
+latency, each structural operating point against the skip schedule nearest to it in speedup. ``rerun-diff RUN_A RUN_B`` sets two
 runs' cells with equal config hashes (or, with ``--any-config``, every cell of the same name) side by side: how
 far a rerun moves each FID and speedup.
 """
