@@ -495,13 +495,9 @@ def cost_command(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from benchmark.grid import cost
-    from benchmark.grid.store import CellStore
+    from benchmark.grid.report import read_cells
 
-    cells = CellStore(args.run_dir).all_cells()
-    if not cells:
-        raise BenchmarkError(f"no result cells in {args.run_dir / 'cells'}; "
-                             f"run `python -m benchmark run --out {args.run_dir}` first")
-    print(cost.render(cost.summarize(cells, timedelta(minutes=args.gap))))
+    print(cost.render(cost.summarize(read_cells(args.run_dir), timedelta(minutes=args.gap))))
     return 0
 
 

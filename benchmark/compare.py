@@ -3,9 +3,9 @@
 ``compare RUN A B`` tests two rows of one run per backbone (Welch's t over seeds on the seeds' bootstrap-
 floored variances, as the leaderboard's ``vs_reference``; at p >= 0.05 a tie) beside each row's seeds;
 ``compare RUN --claims`` tests the comparisons the papers claim (:data:`CLAIMS`) and, at equal measured
-latency, each structural operating point against the skip schedule nearest to it in speedup. ``rerun-diff RUN_A RUN_B`` sets two
-runs' cells with equal config hashes (or, with ``--any-config``, every cell of the same name) side by side: how
-far a rerun moves each FID and speedup.
+latency, each structural operating point against the skip schedule nearest to it in speedup.
+``rerun-diff RUN_A RUN_B`` sets two runs' cells with equal config hashes (or, with ``--any-config``, every
+cell of the same name) side by side: how far a rerun moves each FID and speedup.
 """
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ def pairs(cells: pd.DataFrame, tests: Iterable[tuple[str, str, str]], metric: st
             result = significance.compare(*_values(a, metric), *_values(b, metric))
             label = f"{claim}: {first} vs {second}" if claim else f"{first} vs {second}"
             lines.append(f"| {where} | {label}{'' if metric == 'fid' else f' ({metric})'} | "
-                         f"{result.difference:+.2f} | {result.p_value:.2g} | {result.verdict} (n = {len(a)}, {len(b)}) | "
-                         f"{_per_seed(a, metric)} | {_per_seed(b, metric)} |")
+                         f"{result.difference:+.2f} | {result.p_value:.2g} | {result.verdict} "
+                         f"(n = {len(a)}, {len(b)}) | {_per_seed(a, metric)} | {_per_seed(b, metric)} |")
     return lines
 
 

@@ -35,7 +35,8 @@ def test_parallel_cells_count_once_in_wall_time_and_sessions_split_at_gaps():
 
 
 def test_a_gap_longer_than_the_threshold_splits_one_session_in_two():
-    spans = [(datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 11)), (datetime(2026, 1, 1, 11, 10), datetime(2026, 1, 1, 12))]
+    spans = [(datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 11)),
+             (datetime(2026, 1, 1, 11, 10), datetime(2026, 1, 1, 12))]
     assert len(cost.sessions(spans, timedelta(minutes=5))) == 2
     assert cost.sessions(spans, timedelta(minutes=15)) == [(datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 12))]
 

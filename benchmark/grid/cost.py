@@ -36,7 +36,8 @@ def summarize(cells: Iterable[dict[str, Any]], gap: timedelta = timedelta(minute
     for backbone, group in sorted(by_backbone.items()):
         seconds = {_name(c): float((c.get("timings") or {}).get("total", 0.0)) for c in group}
         dearest = max(seconds, key=seconds.get)
-        spans = sessions(((_time(c["started"]), _time(c["finished"])) for c in group), gap)
+        spans = sessions(((datetime.fromisoformat(c["started"]), datetime.fromisoformat(c["finished"]))
+                          for c in group), gap)
         summary.append({
             "backbone": backbone,
             "cells": len(group),
@@ -62,10 +63,6 @@ def render(summary: list[dict[str, Any]]) -> str:
 def _name(cell: dict[str, Any]) -> str:
     budget = f", {cell['steps']} steps" if cell.get("steps") else ""
     return f"{cell['method']} seed {cell.get('seed', 0)}{budget}"
-
-
-def _time(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp)
 
 
 def _duration(seconds: float) -> str:

@@ -43,15 +43,20 @@ _ERROR_WIDTH = 60
 _MARKS = {"lower": "▼ lower", "higher": "▲ higher", "tie": "= tie"}
 
 
-def load_cell_rows(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """One row per current cell file (per seed), unaggregated; ``attrs["superseded"]`` names the cells left out
-    because another cell of their (backbone, method) ran a newer version of its methods."""
+def read_cells(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every readable cell of a run; a one-line error where it has none."""
     cells = CellStore(out_dir).all_cells()
     if not cells:
         raise BenchmarkError(
             f"no result cells in {Path(out_dir) / 'cells'}; run `python -m benchmark run --out {out_dir}` first"
         )
-    current, superseded = split_superseded(cells)
+    return cells
+
+
+def load_cell_rows(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """One row per current cell file (per seed), unaggregated; ``attrs["superseded"]`` names the cells left out
+    because another cell of their (backbone, method) ran a newer version of its methods."""
+    current, superseded = split_superseded(read_cells(out_dir))
     df = pd.DataFrame([_row(cell) for cell in current], columns=CELL_COLUMNS)
     df.attrs["superseded"] = [f"{c['backbone']}/{c['method']} seed {c.get('seed')}" for c in superseded]
     return df
